@@ -1,0 +1,206 @@
+"""HTTP routes: thin handlers that parse, call the :class:`Orchestrator`, and serialize.
+
+This is also the only place errors become HTTP responses (:func:`_error_response`). The same
+app is the ingress of the Ray Serve deployment.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from orchestrator.config import OrchestratorConfig, Scope
+from orchestrator.errors import (
+    AuthenticationError,
+    InvalidRequestError,
+    NotFoundError,
+    OrchestratorError,
+    PermissionDeniedError,
+    RequestTooLargeError,
+    error_body,
+)
+from orchestrator.pipeline import Orchestrator
+from orchestrator.protocol import ChatCompletion, ChatCompletionRequest, ErrorResponse, ModelList
+
+log = logging.getLogger(__name__)
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 413, 429, 500, 502, 503)
+}
+
+
+class KeyRing:
+    """Bearer API keys and their scopes. No keys configured means no authentication."""
+
+    def __init__(self, config: OrchestratorConfig) -> None:
+        self._keys = [(k.name, k.secret(), set(k.scopes)) for k in config.server.api_keys]
+
+    def check(self, authorization: str | None, scope: Scope) -> str | None:
+        """Return the key's name; raise 401 for a missing/wrong key, 403 for a missing scope."""
+        if not self._keys:
+            return None
+        if not authorization or not authorization.lower().startswith("bearer "):
+            raise AuthenticationError("missing API key: send 'Authorization: Bearer <key>'")
+        presented = authorization[7:].strip().encode()
+        for name, secret, scopes in self._keys:
+            if secret and hmac.compare_digest(presented, secret.encode()):
+                if scope not in scopes:
+                    raise PermissionDeniedError(f"this API key lacks the '{scope}' scope")
+                return name
+        raise AuthenticationError("invalid API key")
+
+
+def require(scope: Scope) -> Callable[[Request], Awaitable[str | None]]:
+    async def dependency(request: Request) -> str | None:
+        keys: KeyRing = request.app.state.keys
+        return keys.check(request.headers.get("authorization"), scope)
+
+    return dependency
+
+
+def _error_response(exc: OrchestratorError) -> JSONResponse:
+    return JSONResponse(exc.body(), status_code=exc.status_code, headers=exc.headers or None)
+
+
+def _routing_headers(trace: Any) -> dict[str, str]:
+    return {
+        "x-routing-strategy": trace.strategy,
+        "x-routing-expert": ",".join(trace.answered_by),
+        "x-routing-resolution": trace.resolution,
+        "x-routing-fallback": str(trace.fallback).lower(),
+    }
+
+
+def build_app(orchestrator: Orchestrator, *, manage_lifecycle: bool = True) -> FastAPI:
+    """The FastAPI app around one orchestrator. With ``manage_lifecycle`` the app loads the
+    experts at startup and unloads them at shutdown."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if manage_lifecycle:
+            await orchestrator.start()
+        yield
+        if manage_lifecycle:
+            await orchestrator.stop()
+
+    app = FastAPI(
+        title="expert-orchestrator",
+        version="0.1.0",
+        description="One OpenAI-compatible endpoint in front of many expert LLMs.",
+        lifespan=lifespan,
+    )
+    app.state.orchestrator = orchestrator
+    app.state.keys = KeyRing(orchestrator.config)
+    limits = orchestrator.config.server
+
+    @app.exception_handler(OrchestratorError)
+    async def _orchestrator_error(_: Request, exc: OrchestratorError) -> JSONResponse:
+        return _error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return _error_response(_invalid(exc.errors()))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 404:
+            return _error_response(NotFoundError(f"no route {exc.detail}" if exc.detail != "Not Found" else "no such route"))
+        if exc.status_code == 405:
+            err = InvalidRequestError("method not allowed on this route")
+            return JSONResponse(err.body(), status_code=405)
+        return JSONResponse(
+            error_body(str(exc.detail), "invalid_request_error"), status_code=exc.status_code
+        )
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error")
+        return _error_response(OrchestratorError(f"internal error: {type(exc).__name__}"))
+
+    @app.post(
+        "/v1/chat/completions",
+        response_model=ChatCompletion,
+        responses=ERROR_RESPONSES,
+        dependencies=[Depends(require("user"))],
+        summary="Create a chat completion, routed to the right expert(s)",
+    )
+    async def chat_completions(request: Request) -> Response:
+        body = await _read_body(request, limits.max_body_bytes)
+        try:
+            parsed = ChatCompletionRequest.model_validate_json(body)
+        except ValidationError as e:
+            raise _invalid(e.errors()) from None
+        if parsed.stream:
+            trace, chunks = await orchestrator.start_stream(parsed)
+            return StreamingResponse(
+                _sse(chunks), media_type="text/event-stream", headers=_routing_headers(trace)
+            )
+        completion = await orchestrator.complete(parsed)
+        return Response(
+            completion.model_dump_json(), media_type="application/json",
+            headers=_routing_headers(completion.routing),
+        )
+
+    @app.get("/v1/models", response_model=ModelList, dependencies=[Depends(require("user"))])
+    async def list_models() -> ModelList:
+        return orchestrator.models()
+
+    @app.get("/health", summary="Liveness: the process answers")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/ready", summary="Readiness: experts are loaded", responses={503: {}})
+    async def ready() -> JSONResponse:
+        ok, detail = orchestrator.readiness()
+        return JSONResponse(detail, status_code=200 if ok else 503)
+
+    @app.get("/metrics", summary="Prometheus metrics")
+    async def metrics() -> Response:
+        return Response(orchestrator.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    return app
+
+
+async def _read_body(request: Request, max_bytes: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > max_bytes:
+        raise RequestTooLargeError(f"request body of {declared} bytes exceeds {max_bytes}")
+    chunks, size = [], 0
+    async for piece in request.stream():
+        size += len(piece)
+        if size > max_bytes:
+            raise RequestTooLargeError(f"request body exceeds {max_bytes} bytes")
+        chunks.append(piece)
+    body = b"".join(chunks)
+    if not body:
+        raise InvalidRequestError("empty request body; send a JSON chat completion request")
+    return body
+
+
+def _invalid(errors: Any) -> InvalidRequestError:
+    """The first validation error, named by its path, as a 400."""
+    first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
+    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+    param = ".".join(loc) or None
+    if first.get("type") == "json_invalid":
+        return InvalidRequestError(f"the body is not valid JSON: {first.get('msg')}")
+    msg = first.get("msg", "invalid value")
+    if first.get("type") == "missing":
+        msg = "this field is required"
+    return InvalidRequestError(f"{param or 'body'}: {msg}", param=param)
+
+
+async def _sse(chunks: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:
+    async for c in chunks:
+        yield b"data: " + json.dumps(c, separators=(",", ":")).encode() + b"\n\n"
+    yield b"data: [DONE]\n\n"
