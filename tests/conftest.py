@@ -59,11 +59,14 @@ def redis_url() -> Iterator[str]:
         return
     exe = shutil.which("redis-server")
     if exe is None:
-        pytest.fail("redis-server is not installed (apt-get install redis-server) and REDIS_URL is unset")
+        pytest.fail(
+            "redis-server is not installed (apt-get install redis-server) and REDIS_URL is unset"
+        )
     port = free_port()
     proc = subprocess.Popen(
         [exe, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     import redis
 
