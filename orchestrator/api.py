@@ -114,7 +114,11 @@ def build_app(orchestrator: Orchestrator, *, manage_lifecycle: bool = True) -> F
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         if exc.status_code == 404:
-            return _error_response(NotFoundError(f"no route {exc.detail}" if exc.detail != "Not Found" else "no such route"))
+            return _error_response(
+                NotFoundError(
+                    f"no route {exc.detail}" if exc.detail != "Not Found" else "no such route"
+                )
+            )
         if exc.status_code == 405:
             err = InvalidRequestError("method not allowed on this route")
             return JSONResponse(err.body(), status_code=405)
@@ -147,7 +151,8 @@ def build_app(orchestrator: Orchestrator, *, manage_lifecycle: bool = True) -> F
             )
         completion = await orchestrator.complete(parsed)
         return Response(
-            completion.model_dump_json(), media_type="application/json",
+            completion.model_dump_json(),
+            media_type="application/json",
             headers=_routing_headers(completion.routing),
         )
 

@@ -11,14 +11,18 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-app = typer.Typer(help="expert-orchestrator: one OpenAI-compatible endpoint for many experts.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="expert-orchestrator: one OpenAI-compatible endpoint for many experts.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
 config_app = typer.Typer(help="Check and describe configuration files.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 err = Console(stderr=True)
 
 ConfigOpt = Annotated[
-    Path | None, typer.Option("--config", "-c", help="YAML config; default: the embedded demo pool.")
+    Path | None,
+    typer.Option("--config", "-c", help="YAML config; default: the embedded demo pool."),
 ]
 UrlOpt = Annotated[str, typer.Option(envvar="ORCHESTRATOR_URL", help="Server base URL.")]
 
@@ -55,21 +59,28 @@ def serve(
         update={k: v for k, v in {"host": host, "port": port, "log_level": log_level}.items() if v}
     )
     cfg = cfg.model_copy(update={"server": server})
-    logging.basicConfig(level=server.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=server.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     err.print(
         f"serving {len(cfg.experts)} experts ({', '.join(e.name for e in cfg.experts)}) "
         f"with strategy '{cfg.routing.default_strategy}' on http://{server.host}:{server.port}"
     )
     uvicorn.run(
-        build_app(Orchestrator(cfg)), host=server.host, port=server.port,
-        log_level=server.log_level, access_log=server.log_level == "debug",
+        build_app(Orchestrator(cfg)),
+        host=server.host,
+        port=server.port,
+        log_level=server.log_level,
+        access_log=server.log_level == "debug",
     )
 
 
 @app.command()
 def chat(
     prompt: Annotated[str, typer.Argument(help="The user message.")],
-    model: Annotated[str, typer.Option(help="Expert name, 'auto' or 'router/<strategy>'.")] = "auto",
+    model: Annotated[
+        str, typer.Option(help="Expert name, 'auto' or 'router/<strategy>'.")
+    ] = "auto",
     url: UrlOpt = "http://127.0.0.1:8000",
     stream: Annotated[bool, typer.Option(help="Stream tokens as they come.")] = True,
     max_tokens: Annotated[int, typer.Option(help="Completion token limit.")] = 256,
@@ -79,8 +90,12 @@ def chat(
     import httpx
 
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    body = {"model": model, "messages": [{"role": "user", "content": prompt}],
-            "max_tokens": max_tokens, "stream": stream}
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": prompt}],
+        "max_tokens": max_tokens,
+        "stream": stream,
+    }
     try:
         with httpx.Client(base_url=url, headers=headers, timeout=300) as client:
             if not stream:

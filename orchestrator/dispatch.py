@@ -48,7 +48,9 @@ def build_request(expert: ExpertConfig, query: Query) -> GenerationRequest:
         if m.role in ("system", "developer"):
             system.append(m.content)
         elif m.role == "tool":
-            turns.append(Message("user", f"[tool result{f' {m.name}' if m.name else ''}]\n{m.content}"))
+            turns.append(
+                Message("user", f"[tool result{f' {m.name}' if m.name else ''}]\n{m.content}")
+            )
         else:
             turns.append(m)
     head = (Message("system", "\n\n".join(system)),) if system else ()
@@ -124,7 +126,9 @@ class Dispatcher:
         used: set[str] = set(decision.experts)
 
         async def one(primary: str) -> tuple[str, Generation]:
-            order = [primary] + [e for e in self.fallback_order(decision, primary)[1:] if e not in used]
+            order = [primary] + [
+                e for e in self.fallback_order(decision, primary)[1:] if e not in used
+            ]
             last: OrchestratorError | None = None
             for expert in order:
                 used.add(expert)

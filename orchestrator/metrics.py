@@ -12,32 +12,49 @@ class Metrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(
-            "orchestrator_requests", "Chat requests by strategy, expert and status",
-            ["strategy", "expert", "status"], registry=r,
+            "orchestrator_requests",
+            "Chat requests by strategy, expert and status",
+            ["strategy", "expert", "status"],
+            registry=r,
         )
         self.latency = Histogram(
-            "orchestrator_request_latency_seconds", "End-to-end request latency",
-            ["strategy", "stream"], buckets=LATENCY_BUCKETS, registry=r,
+            "orchestrator_request_latency_seconds",
+            "End-to-end request latency",
+            ["strategy", "stream"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.expert_latency = Histogram(
-            "orchestrator_expert_latency_seconds", "Latency of one expert call",
-            ["expert"], buckets=LATENCY_BUCKETS, registry=r,
+            "orchestrator_expert_latency_seconds",
+            "Latency of one expert call",
+            ["expert"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.route_latency = Histogram(
-            "orchestrator_routing_latency_seconds", "Time to reach a routing decision",
-            ["strategy"], buckets=LATENCY_BUCKETS, registry=r,
+            "orchestrator_routing_latency_seconds",
+            "Time to reach a routing decision",
+            ["strategy"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.tokens = Counter(
-            "orchestrator_tokens", "Tokens by expert and kind (prompt/completion)",
-            ["expert", "kind"], registry=r,
+            "orchestrator_tokens",
+            "Tokens by expert and kind (prompt/completion)",
+            ["expert", "kind"],
+            registry=r,
         )
         self.decisions = Counter(
-            "orchestrator_routing_decisions", "Routing decisions by strategy and chosen expert",
-            ["strategy", "expert"], registry=r,
+            "orchestrator_routing_decisions",
+            "Routing decisions by strategy and chosen expert",
+            ["strategy", "expert"],
+            registry=r,
         )
         self.fallbacks = Counter(
-            "orchestrator_fallbacks", "Requests that fell back to another expert",
-            ["from_expert", "to_expert"], registry=r,
+            "orchestrator_fallbacks",
+            "Requests that fell back to another expert",
+            ["from_expert", "to_expert"],
+            registry=r,
         )
         self.errors = Counter(
             "orchestrator_errors", "Errors returned to clients by type", ["type"], registry=r

@@ -68,21 +68,31 @@ class Orchestrator:
     def models(self) -> ModelList:
         cards = [
             ModelCard(
-                id=e.name, created=self.created, owned_by="expert-orchestrator", kind="expert",
+                id=e.name,
+                created=self.created,
+                owned_by="expert-orchestrator",
+                kind="expert",
                 description=e.description,
             )
             for e in self.config.experts
         ]
         cards.append(
             ModelCard(
-                id="auto", created=self.created, owned_by="expert-orchestrator", kind="router",
-                description=f"routed by the default strategy ({self.config.routing.default_strategy})",
+                id="auto",
+                created=self.created,
+                owned_by="expert-orchestrator",
+                kind="router",
+                description=f"routed by the default strategy "
+                f"({self.config.routing.default_strategy})",
             )
         )
         cards += [
             ModelCard(
-                id=ROUTER_PREFIX + s, created=self.created, owned_by="expert-orchestrator",
-                kind="router", description=f"routed by the {s} strategy",
+                id=ROUTER_PREFIX + s,
+                created=self.created,
+                owned_by="expert-orchestrator",
+                kind="router",
+                description=f"routed by the {s} strategy",
             )
             for s in self.strategies.names()
         ]
@@ -112,8 +122,9 @@ class Orchestrator:
             self.metrics.errors.labels(e.error_type).inc()
             raise
         total_ms = (time.perf_counter() - start) * 1000
-        trace = self._trace(request, target, decision, attempts, answered,
-                            {"route": route_ms, "total": total_ms})
+        trace = self._trace(
+            request, target, decision, attempts, answered, {"route": route_ms, "total": total_ms}
+        )
         self._record(decision, attempts, answered, generation.usage, total_ms, stream=False)
         return ChatCompletion(
             id=f"chatcmpl-{uuid.uuid4().hex}",
@@ -139,7 +150,9 @@ class Orchestrator:
         answered = [e for e, _ in answers]
         aggregator = decision.aggregator
         if len(answers) > 1 and aggregator in self.pool.backends:
-            synth = Decision(decision.strategy, (aggregator,), decision.candidates[:1], "aggregator")
+            synth = Decision(
+                decision.strategy, (aggregator,), decision.candidates[:1], "aggregator"
+            )
             [(_, final)], more = await self.dispatcher.generate(
                 synth, aggregate.synthesis_query(query, answers)
             )
@@ -175,15 +188,24 @@ class Orchestrator:
             self.metrics.errors.labels(e.error_type).inc()
             raise
         first_ms = (time.perf_counter() - start) * 1000
-        trace = self._trace(request, target, decision, attempts, answered,
-                            {"route": route_ms, "first_token": first_ms})
+        trace = self._trace(
+            request,
+            target,
+            decision,
+            attempts,
+            answered,
+            {"route": route_ms, "first_token": first_ms},
+        )
         include_usage = bool(request.stream_options and request.stream_options.include_usage)
         cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         model = answered[0] if len(answered) == 1 else request.model
 
         def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> dict[str, Any]:
             body: dict[str, Any] = {
-                "id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
+                "id": cid,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model,
                 "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
             }
             body.update(extra)
@@ -193,8 +215,9 @@ class Orchestrator:
             usage = Usage()
             status = "ok"
             try:
-                yield chunk({"role": "assistant", "content": ""},
-                            routing=trace.model_dump(mode="json"))
+                yield chunk(
+                    {"role": "assistant", "content": ""}, routing=trace.model_dump(mode="json")
+                )
                 async for d in deltas:
                     if d.text:
                         yield chunk({"content": d.text})
@@ -207,16 +230,19 @@ class Orchestrator:
                     yield body
             except Exception as e:
                 status = "error"
-                err = e if isinstance(e, OrchestratorError) else OrchestratorError(
-                    f"the stream failed: {type(e).__name__}: {e}"
+                err = (
+                    e
+                    if isinstance(e, OrchestratorError)
+                    else OrchestratorError(f"the stream failed: {type(e).__name__}: {e}")
                 )
                 log.warning("stream from %s failed: %s", answered, err.message)
                 self.metrics.errors.labels(err.error_type).inc()
                 yield err.body()
             finally:
                 total_ms = (time.perf_counter() - start) * 1000
-                self._record(decision, attempts, answered, usage, total_ms, stream=True,
-                             status=status)
+                self._record(
+                    decision, attempts, answered, usage, total_ms, stream=True, status=status
+                )
 
         return trace, chunks()
 
@@ -229,7 +255,9 @@ class Orchestrator:
     ) -> AsyncIterator[Delta]:
         aggregator = decision.aggregator
         if aggregator in self.pool.backends:
-            synth = Decision(decision.strategy, (aggregator,), decision.candidates[:1], "aggregator")
+            synth = Decision(
+                decision.strategy, (aggregator,), decision.candidates[:1], "aggregator"
+            )
             _, deltas = await self.dispatcher.open_stream(
                 synth, aggregate.synthesis_query(query, answers), attempts
             )
@@ -257,13 +285,16 @@ class Orchestrator:
             resolution=target.resolution,
             strategy=decision.strategy,
             experts=list(decision.experts),
-            candidates=[CandidateOut(expert=c.expert, score=round(c.score, 4))
-                        for c in decision.candidates],
+            candidates=[
+                CandidateOut(expert=c.expert, score=round(c.score, 4)) for c in decision.candidates
+            ],
             reason=decision.reason,
             answered_by=answered,
             fallback=any(a.status != "ok" for a in attempts),
-            attempts=[AttemptOut(expert=a.expert, status=a.status, error=a.error,
-                                 latency_ms=a.latency_ms) for a in attempts],
+            attempts=[
+                AttemptOut(expert=a.expert, status=a.status, error=a.error, latency_ms=a.latency_ms)
+                for a in attempts
+            ],
             aggregator=decision.aggregator,
             version=decision.version,
             details=dict(decision.details),
@@ -297,6 +328,7 @@ class Orchestrator:
 
 def _usage(u: Usage) -> UsageOut:
     return UsageOut(
-        prompt_tokens=u.prompt_tokens, completion_tokens=u.completion_tokens,
+        prompt_tokens=u.prompt_tokens,
+        completion_tokens=u.completion_tokens,
         total_tokens=u.total_tokens,
     )

@@ -70,7 +70,9 @@ class RoutingTrace(BaseModel):
     """Which expert answered and why; in every response (the first chunk of a stream)."""
 
     requested_model: str
-    resolution: str = Field(..., description="How `model` was read: expert, routed, alias, unknown.")
+    resolution: str = Field(
+        ..., description="How `model` was read: expert, routed, alias, unknown."
+    )
     strategy: str
     experts: list[str]
     candidates: list[CandidateOut]

@@ -7,7 +7,7 @@ imports torch or vllm. Outside code is reachable by passing its own ``"package.m
 from __future__ import annotations
 
 import importlib
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from orchestrator.errors import ConfigError
 
@@ -15,7 +15,7 @@ T = TypeVar("T")
 
 
 class Registry(Generic[T]):
-    def __init__(self, kind: str, base: type[T], entries: dict[str, str]) -> None:
+    def __init__(self, kind: str, base: Any, entries: dict[str, str]) -> None:
         self.kind = kind
         self.base = base
         self._entries = dict(entries)

@@ -34,16 +34,20 @@ class Strategy(ABC):
     Options: ClassVar[type[StrategyOptions]] = StrategyOptions
 
     def __init__(
-        self, experts: Sequence[ExpertConfig], options: StrategyOptions | dict[str, Any] | None = None
+        self,
+        experts: Sequence[ExpertConfig],
+        options: StrategyOptions | dict[str, Any] | None = None,
     ) -> None:
         if not experts:
             raise ValueError("a strategy needs at least one expert")
         self.experts = list(experts)
         self.options = (
-            options if isinstance(options, StrategyOptions) else self.Options.model_validate(options or {})
+            options
+            if isinstance(options, StrategyOptions)
+            else self.Options.model_validate(options or {})
         )
 
-    def setup(self) -> None:
+    def setup(self) -> None:  # noqa: B027 - optional hook
         """Load what routing needs (embeddings, artifacts). Called once, off the event loop."""
 
     @abstractmethod

@@ -49,8 +49,11 @@ class Embedder:
             missing = list(dict.fromkeys(t for t in texts if t not in self._cache))
         if missing:
             vecs = self._model.encode(
-                missing, batch_size=batch_size, normalize_embeddings=True,
-                convert_to_numpy=True, show_progress_bar=False,
+                missing,
+                batch_size=batch_size,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
             ).astype(np.float32)
             with self._lock:
                 for t, v in zip(missing, vecs, strict=True):

@@ -39,7 +39,8 @@ class SemanticStrategy(Strategy):
                     strategy=self.name,
                     experts=(best.expert,),
                     candidates=candidates,
-                    reason=f"nearest expert description (cosine {best.score:.3f}, margin {margin:.3f})",
+                    reason=f"nearest expert description (cosine {best.score:.3f}, "
+                    f"margin {margin:.3f})",
                 )
             )
         return decisions

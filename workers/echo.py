@@ -11,7 +11,7 @@ import asyncio
 from collections.abc import AsyncIterator, Sequence
 
 from orchestrator.errors import BackendError
-from orchestrator.types import Delta, Generation, GenerationRequest, Usage
+from orchestrator.types import Delta, FinishReason, Generation, GenerationRequest, Usage
 from workers.base import Backend
 
 
@@ -24,7 +24,7 @@ class EchoBackend(Backend):
             users = [m.content for m in request.messages if m.role == "user"]
             reply = users[-1] if users else ""
         words = str(reply).split(" ")[: request.sampling.max_tokens]
-        finish = "length" if len(words) < len(str(reply).split(" ")) else "stop"
+        finish: FinishReason = "length" if len(words) < len(str(reply).split(" ")) else "stop"
         prompt_tokens = sum(len(m.content.split()) for m in request.messages)
         return Generation(" ".join(words), Usage(prompt_tokens, len(words)), finish)
 

@@ -84,7 +84,7 @@ def materialize(model: str) -> Path:
         config = quantized.config
         if hasattr(config, "quantization_config"):
             del config.quantization_config  # save_pretrained refuses GGUF-quantized models
-        model_fp32 = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        model_fp32 = AutoModelForCausalLM.from_config(config, dtype=torch.float32)  # type: ignore[no-untyped-call]
         model_fp32.load_state_dict(quantized.state_dict())
         tmp = target.with_name(target.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)

@@ -37,7 +37,9 @@ class OpenAIBackend(Backend):
                 base_url=(self.expert.base_url or "").rstrip("/"),
                 headers=headers,
                 timeout=httpx.Timeout(self.expert.timeout_s, connect=5.0),
-                transport=httpx.AsyncHTTPTransport(retries=int(self.expert.engine.get("retries", 2))),
+                transport=httpx.AsyncHTTPTransport(
+                    retries=int(self.expert.engine.get("retries", 2))
+                ),
                 limits=httpx.Limits(max_connections=self.expert.max_concurrency * 2),
             )
         self.loaded = True

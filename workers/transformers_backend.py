@@ -20,7 +20,14 @@ from typing import Any
 
 from orchestrator.config import ExpertConfig
 from orchestrator.errors import ContextWindowError
-from orchestrator.types import Delta, FinishReason, Generation, GenerationRequest, SamplingParams, Usage
+from orchestrator.types import (
+    Delta,
+    FinishReason,
+    Generation,
+    GenerationRequest,
+    SamplingParams,
+    Usage,
+)
 from workers.base import Backend
 from workers.models import materialize
 
@@ -55,7 +62,7 @@ def _acquire(model: str, dtype_name: str, device: str) -> _Loaded:
             if tokenizer.pad_token is None:
                 tokenizer.pad_token = tokenizer.eos_token
             lm = AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, dtype_name))
-            lm.to(device).eval()
+            lm = lm.to(device).eval()  # type: ignore[arg-type]
             nbytes = sum(p.numel() * p.element_size() for p in lm.parameters())
             loaded = _models[key] = _Loaded(lm, tokenizer, device, nbytes=nbytes)
         loaded.refs += 1
@@ -92,6 +99,7 @@ class TransformersBackend(Backend):
         self._loaded: _Loaded | None = None
         self._queue: list[_Pending] = []
         self._flush: asyncio.TimerHandle | None = None
+        self._running: set[asyncio.Task[None]] = set()
 
     def _resolved_device(self) -> str:
         if self.device != "auto":
@@ -225,7 +233,9 @@ class TransformersBackend(Backend):
             self._flush = None
         batch, self._queue = self._queue, []
         if batch:
-            asyncio.ensure_future(self._complete(batch))
+            task = asyncio.ensure_future(self._complete(batch))
+            self._running.add(task)  # keep a reference until done
+            task.add_done_callback(self._running.discard)
 
     async def _complete(self, batch: list[_Pending]) -> None:
         try:
@@ -310,4 +320,3 @@ def _cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
     if not positions:
         return text, False
     return text[: min(positions)], True
-
