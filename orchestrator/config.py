@@ -182,6 +182,42 @@ class ServerConfig(_Strict):
     log_level: str = Field("info", description="Prompts and keys are never logged at info.")
 
 
+class SchedulerConfig(_Strict):
+    """Expert residency and grouped batching (docs/batching.md).
+
+    With this section present, the dispatcher's calls go through the scheduler: experts load on
+    demand within the budget and queries are grouped by expert. ``orchestrator batch`` always
+    uses it (defaults below when the section is absent).
+    """
+
+    memory_budget_gb: float | None = Field(
+        None,
+        gt=0,
+        description="Memory the resident experts may use together (GPU memory in production, "
+        "RAM on CPU), from each expert's measured size or memory_gb; none = no byte limit.",
+    )
+    max_resident_experts: int | None = Field(
+        None, ge=1, description="At most this many experts resident at once; none = no limit."
+    )
+    batch_wait_ms: float = Field(
+        20.0, ge=0, description="How long a window collects queries before its groups run."
+    )
+    max_batch_size: int = Field(
+        16, ge=1, description="Queries per generate call; a full group closes the window early."
+    )
+    max_wait_ms: float = Field(
+        5000.0,
+        gt=0,
+        description="Deadline: a query pending this long is served first in the next round, "
+        "ahead of resident experts.",
+    )
+    swap: Literal["auto", "unload"] = Field(
+        "auto",
+        description="auto: sleep/wake a backend whose sleep frees memory (vLLM sleep mode on "
+        "GPU), else unload/load; unload: always unload/load.",
+    )
+
+
 class OrchestratorConfig(BaseSettings):
     """The whole service configuration."""
 
@@ -193,6 +229,9 @@ class OrchestratorConfig(BaseSettings):
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
     redis_url: str | None = Field(None, description="redis://host:port/db for shared state.")
+    scheduler: SchedulerConfig | None = Field(
+        None, description="Expert residency under a memory budget, with grouped batching."
+    )
     artifacts_dir: Path = Field(
         Path("artifacts"), description="Where trained router artifacts live."
     )

@@ -22,6 +22,7 @@ from orchestrator.errors import (
     InvalidRequestError,
     OrchestratorError,
 )
+from orchestrator.schedule import ExpertScheduler
 from orchestrator.types import Decision, Delta, Generation, GenerationRequest, Message, Query
 from workers import Backend, create_backend
 
@@ -65,9 +66,21 @@ class ExpertPool:
         self.backends: dict[str, Backend] = {e.name: create_backend(e) for e in config.experts}
         self.errors: dict[str, str] = {}
         self._slots = {e.name: asyncio.Semaphore(e.max_concurrency) for e in config.experts}
+        # With a `scheduler` section, experts load on demand within its memory budget and every
+        # call goes through it (grouped by expert); see orchestrator/schedule.py.
+        self.scheduler = (
+            ExpertScheduler.from_config(config.scheduler, self.backends)
+            if config.scheduler is not None
+            else None
+        )
 
     async def start(self) -> None:
-        """Load every expert; a failure marks that expert unavailable instead of failing all."""
+        """Load every expert; a failure marks that expert unavailable instead of failing all.
+
+        With a scheduler, load nothing: the scheduler loads experts when queries need them."""
+        if self.scheduler is not None:
+            await self.scheduler.start()
+            return
         for name, backend in self.backends.items():
             try:
                 await backend.load()
@@ -77,6 +90,8 @@ class ExpertPool:
                 self.errors[name] = f"{type(e).__name__}: {e}"
 
     async def stop(self) -> None:
+        if self.scheduler is not None:
+            await self.scheduler.stop()
         for backend in self.backends.values():
             try:
                 await backend.unload()
@@ -84,19 +99,25 @@ class ExpertPool:
                 log.exception("unloading %s failed", backend.expert.name)
 
     def status(self) -> dict[str, str]:
+        if self.scheduler is not None:
+            return {
+                n: "ready" if b.loaded else "ready (not resident)" for n, b in self.backends.items()
+            }
         return {
             name: "ready" if b.loaded else f"unavailable: {self.errors.get(name, 'not loaded')}"
             for name, b in self.backends.items()
         }
 
     def ready(self) -> bool:
+        if self.scheduler is not None:
+            return self.scheduler.running
         return any(b.loaded for b in self.backends.values())
 
     def get(self, name: str) -> Backend:
         backend = self.backends.get(name)
         if backend is None:
             raise ExpertUnavailableError(f"expert '{name}' is not in the pool")
-        if not backend.loaded:
+        if not backend.loaded and self.scheduler is None:
             raise ExpertUnavailableError(
                 f"expert '{name}' is not loaded ({self.errors.get(name, 'loading')})"
             )
@@ -150,6 +171,8 @@ class Dispatcher:
         start = time.perf_counter()
         try:
             backend = self.pool.get(expert)
+            if self.pool.scheduler is not None:  # it bounds batches and times each one itself
+                return await self._scheduled(expert, backend, query, attempts, start)
             async with self.pool.slot(expert):
                 generation = await asyncio.wait_for(
                     backend.generate_one(build_request(backend.expert, query)),
@@ -168,6 +191,14 @@ class Dispatcher:
             log.warning("expert %s failed: %s", expert, msg)
             attempts.append(Attempt(expert, "error", _ms(start), msg))
             raise BackendError(msg) from e
+        attempts.append(Attempt(expert, "ok", _ms(start)))
+        return generation
+
+    async def _scheduled(
+        self, expert: str, backend: Backend, query: Query, attempts: list[Attempt], start: float
+    ) -> Generation:
+        assert self.pool.scheduler is not None
+        generation = await self.pool.scheduler.submit(expert, build_request(backend.expert, query))
         attempts.append(Attempt(expert, "ok", _ms(start)))
         return generation
 
@@ -190,7 +221,11 @@ class Dispatcher:
                 continue
             slot = self.pool.slot(expert)
             await slot.acquire()
-            iterator = backend.stream(build_request(backend.expert, query)).__aiter__()
+            request = build_request(backend.expert, query)
+            scheduler = self.pool.scheduler
+            iterator = (
+                scheduler.stream(expert, request) if scheduler else backend.stream(request)
+            ).__aiter__()
             try:
                 first = await asyncio.wait_for(anext(iterator), timeout=backend.expert.timeout_s)
             except (TimeoutError, Exception) as e:

@@ -111,9 +111,15 @@ class Orchestrator:
             self.metrics.decisions.labels(decision.strategy, e).inc()
         return query, target, decision, route_s * 1000
 
-    async def complete(self, request: ChatCompletionRequest) -> ChatCompletion:
+    async def complete(
+        self,
+        request: ChatCompletionRequest,
+        routed: tuple[Query, Target, Decision, float] | None = None,
+    ) -> ChatCompletion:
+        """Answer one request. ``routed`` (query, target, decision, route_ms) skips routing:
+        the batch job routes whole chunks at once (``StrategySet.decide_batch``)."""
         start = time.perf_counter()
-        query, target, decision, route_ms = await self._route(request)
+        query, target, decision, route_ms = routed or await self._route(request)
         try:
             answers, attempts = await self.dispatcher.generate(decision, query)
             generation, answered = await self._aggregate(decision, query, answers, attempts)
