@@ -138,6 +138,98 @@ def _print_trace(trace: dict[str, Any]) -> None:
     )
 
 
+@app.command()
+def batch(
+    input_file: Annotated[
+        Path,
+        typer.Argument(
+            metavar="INPUT.jsonl",
+            help="OpenAI batch-style JSONL: one {custom_id, method, url, body} per line.",
+        ),
+    ],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Result JSONL, one line per input line.")
+    ],
+    config: ConfigOpt = None,
+    strategy: Annotated[
+        str | None,
+        typer.Option(help="Default strategy for this job (lines with model 'auto' or unknown)."),
+    ] = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar on stderr.")] = True,
+) -> None:
+    """Answer a JSONL file of chat requests offline, grouped by expert (docs/batching.md).
+
+    Every line gets a result or an explicit error; each expert loads at most once per chunk,
+    within the config's scheduler budget."""
+    import asyncio
+    import logging
+
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    from orchestrator.batch import count_lines, job_config, run_batch
+    from orchestrator.errors import ConfigError
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from rich.logging import RichHandler
+
+    # Through rich, so warnings print above the progress bar instead of through it.
+    logging.basicConfig(
+        level="WARNING",
+        format="%(name)s: %(message)s",
+        handlers=[RichHandler(console=err, show_path=False)],
+    )
+    if not input_file.is_file():
+        err.print(f"[red]no such input file[/red]: {input_file}")
+        raise typer.Exit(2)
+    if not output.parent.is_dir():
+        err.print(f"[red]the output folder does not exist[/red]: {output.parent}")
+        raise typer.Exit(2)
+    cfg = _load(config)
+    try:
+        job_config(cfg, strategy)
+    except ConfigError as e:
+        err.print(f"[red]--strategy[/red]: {e.message}")
+        raise typer.Exit(2) from None
+    total = count_lines(input_file)
+    with Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("[red]{task.fields[failed]} failed"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        disable=not progress,
+    ) as bar:
+        task = bar.add_task("batch", total=total, failed=0)
+        failed = 0
+
+        def on_line(ok: bool) -> None:
+            nonlocal failed
+            failed += not ok
+            bar.update(task, advance=1, failed=failed)
+
+        summary = asyncio.run(
+            run_batch(cfg, input_file, output, strategy=strategy, on_line=on_line)
+        )
+    r, s = summary.residency, summary.scheduler
+    per_expert = ", ".join(f"{e} {n}" for e, n in sorted(r.loads_by_expert.items()))
+    err.print(
+        f"{summary.lines} lines: {summary.ok} ok, {summary.failed} failed, "
+        f"in {summary.elapsed_s:.1f} s -> {output}\n"
+        f"scheduler: {r.loads} loads ({per_expert or 'none'}), {r.wakes} wakes, "
+        f"{r.load_s:.1f} s loading; {s.batches} batches in {s.rounds} rounds; "
+        f"peak resident: {r.max_resident_experts} experts"
+    )
+
+
 @config_app.command("check")
 def config_check(path: Annotated[Path, typer.Argument(help="YAML config file.")]) -> None:
     """Validate a config file; errors name the setting and the fix."""
