@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -61,9 +61,15 @@ def build_request(expert: ExpertConfig, query: Query) -> GenerationRequest:
 class ExpertPool:
     """Backends by expert name, their load state and per-expert concurrency limits."""
 
-    def __init__(self, config: OrchestratorConfig) -> None:
+    def __init__(
+        self,
+        config: OrchestratorConfig,
+        backend_factory: Callable[[ExpertConfig], Backend] = create_backend,
+    ) -> None:
+        """``backend_factory`` builds each expert's backend (the Ray ingress passes one that
+        forwards to the expert's deployment)."""
         self.config = config
-        self.backends: dict[str, Backend] = {e.name: create_backend(e) for e in config.experts}
+        self.backends: dict[str, Backend] = {e.name: backend_factory(e) for e in config.experts}
         self.errors: dict[str, str] = {}
         self._slots = {e.name: asyncio.Semaphore(e.max_concurrency) for e in config.experts}
         # With a `scheduler` section, experts load on demand within its memory budget and every

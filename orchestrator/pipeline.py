@@ -40,10 +40,19 @@ log = logging.getLogger(__name__)
 
 
 class Orchestrator:
-    def __init__(self, config: OrchestratorConfig, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        config: OrchestratorConfig,
+        metrics: Metrics | None = None,
+        *,
+        pool: ExpertPool | None = None,
+        strategies: StrategySet | None = None,
+    ) -> None:
+        """``pool`` and ``strategies`` default to in-process ones; the Ray ingress passes its
+        remote ones (:mod:`orchestrator.ray_app`)."""
         self.config = config
-        self.pool = ExpertPool(config)
-        self.strategies = StrategySet(config)
+        self.pool = pool or ExpertPool(config)
+        self.strategies = strategies or StrategySet(config)
         self.dispatcher = Dispatcher(self.pool)
         self.metrics = metrics or Metrics()
         self.created = int(time.time())
