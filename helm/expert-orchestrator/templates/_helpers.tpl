@@ -60,16 +60,18 @@ Fixed paths the Serve application and the training job rely on.
 {{- define "eo.configPath" -}}/etc/orchestrator/config.yaml{{- end }}
 
 {{/*
-The Serve config (RayService.spec.serveConfigV2): the structure `orchestrator serve-config`
-prints, the same application `orchestrator serve --ray` runs locally.
+The Serve config (RayService.spec.serveConfigV2): what orchestrator.ray_app.serve_config (the
+`orchestrator serve-config` command) writes for the same config, so the cluster runs the
+application `orchestrator serve --ray` runs locally. The application reads the mounted
+ConfigMap at args.config_path.
 */}}
 {{- define "eo.serveConfig" -}}
-applications:
-  - name: orchestrator
-    import_path: orchestrator.ray_app:app_builder
-    route_prefix: /
-    args:
-      config_path: {{ include "eo.configPath" . }}
+{{- $deployments := list (dict "name" "ingress" "ray_actor_options" (dict "num_cpus" 0)) (dict "name" "router" "ray_actor_options" (dict "num_cpus" 0)) }}
+{{- range (include "eo.expertGroups" . | fromYaml).groups }}
+{{- $deployments = append $deployments .deployment }}
+{{- end }}
+{{- $app := dict "name" "orchestrator" "route_prefix" "/" "import_path" "orchestrator.ray_app:app_builder" "args" (dict "config_path" (include "eo.configPath" .)) "deployments" $deployments }}
+{{- toYaml (dict "proxy_location" "EveryNode" "http_options" (dict "host" "0.0.0.0" "port" (int .Values.serve.port)) "applications" (list $app)) }}
 {{- end }}
 
 {{/*
@@ -163,54 +165,73 @@ The orchestrator config file: values.config plus the settings the chart owns.
 {{- end }}
 
 {{/*
-GPU expert groups: experts with resources.num_gpus > 0, keyed by resources.group (else the
-expert's name). Members of one group share one Serve deployment, so they must agree on the
-resources that size it. Each group becomes a worker group whose pods hold one replica each:
-{"groups": [{key, groupName, gpus, minReplicas, maxReplicas, experts}]}.
+Expert groups, as orchestrator/ray_app.py builds them: one Serve deployment
+"expert-<resources.group or name>" per group, sized by the largest of its members' resources
+(autoscaling when any member says num_replicas: auto). A group whose replicas want GPUs also
+becomes a GPU worker group whose pods hold one replica each (nvidia.com/gpu = num_gpus rounded
+up). The defaults below are those of orchestrator/config.py (Resources, max_concurrency).
+{"groups": [{key, deployment, gpus, minReplicas, maxReplicas, experts, groupName}]}
 */}}
-{{- define "eo.gpuGroups" -}}
+{{- define "eo.expertGroups" -}}
 {{- $byKey := dict }}
 {{- $order := list }}
-{{- range $i, $e := .Values.config.experts }}
-{{- $r := default dict $e.resources }}
-{{- $gpus := float64 (default 0 $r.num_gpus) }}
-{{- if gt $gpus 0.0 }}
-{{- $key := toString (default $e.name $r.group) }}
-{{- $n := ternary 1 $r.num_replicas (not (hasKey $r "num_replicas")) }}
-{{- $min := 0 }}
-{{- $max := 0 }}
-{{- if eq (toString $n) "auto" }}
-{{- $min = int (ternary 1 $r.min_replicas (not (hasKey $r "min_replicas"))) }}
-{{- $max = int (default 1 $r.max_replicas) }}
-{{- else }}
-{{- $min = int $n }}
-{{- $max = int $n }}
-{{- end }}
-{{- $sizing := dict "gpus" (int (ceil $gpus)) "minReplicas" $min "maxReplicas" $max }}
-{{- if hasKey $byKey $key }}
-{{- $g := get $byKey $key }}
-{{- $known := dict "gpus" $g.gpus "minReplicas" $g.minReplicas "maxReplicas" $g.maxReplicas }}
-{{- if ne (toJson $known) (toJson $sizing) }}
-{{- fail (printf "config.experts: experts %s and %q are both in GPU group %q but ask for different resources (%s vs %s); members of a group share one Serve deployment, so give them the same resources.num_gpus and replicas" (toJson $g.experts) $e.name $key (toJson $known) (toJson $sizing)) }}
-{{- end }}
-{{- $_ := set $g "experts" (append $g.experts $e.name) }}
-{{- else }}
-{{- $groupName := printf "gpu-%s" (regexReplaceAll "[^a-z0-9-]+" ($key | lower) "-" | trunc 30 | trimAll "-") }}
-{{- range $other := $order }}
-{{- if eq (get $byKey $other).groupName $groupName }}
-{{- fail (printf "config.experts: GPU groups %q and %q both map to the worker group name %q; rename one" $other $key $groupName) }}
-{{- end }}
-{{- end }}
-{{- $_ := set $byKey $key (merge (dict "key" $key "groupName" $groupName "experts" (list $e.name)) $sizing) }}
+{{- range .Values.config.experts }}
+{{- $key := toString (default .name (default dict .resources).group) }}
+{{- if not (hasKey $byKey $key) }}
+{{- $_ := set $byKey $key (list) }}
 {{- $order = append $order $key }}
 {{- end }}
-{{- end }}
+{{- $_ := set $byKey $key (append (get $byKey $key) .) }}
 {{- end }}
 {{- $groups := list }}
-{{- range $order }}
-{{- $groups = append $groups (get $byKey .) }}
+{{- $groupNames := dict }}
+{{- range $key := $order }}
+{{- $cpus := 0.0 }}{{ $gpus := 0.0 }}{{ $mem := -1.0 }}{{ $ongoing := 0 }}
+{{- $auto := false }}{{ $minR := 0 }}{{ $maxR := 0 }}{{ $fixed := 0 }}
+{{- $names := list }}
+{{- range $e := get $byKey $key }}
+{{- $r := default dict $e.resources }}
+{{- $names = append $names $e.name }}
+{{- $cpus = maxf $cpus (float64 (default 0 $r.num_cpus)) }}
+{{- $gpus = maxf $gpus (float64 (default 0 $r.num_gpus)) }}
+{{- if and (hasKey $r "memory_gb") (not (kindIs "invalid" $r.memory_gb)) }}
+{{- $mem = maxf $mem (float64 $r.memory_gb) }}
+{{- end }}
+{{- $ongoing = add $ongoing (int (ternary 8 $e.max_concurrency (not (hasKey $e "max_concurrency")))) }}
+{{- $n := ternary 1 $r.num_replicas (not (hasKey $r "num_replicas")) }}
+{{- if eq (toString $n) "auto" }}{{ $auto = true }}{{ else }}{{ $fixed = max $fixed (int $n) }}{{ end }}
+{{- $minR = max $minR (int (ternary 1 $r.min_replicas (not (hasKey $r "min_replicas")))) }}
+{{- $maxR = max $maxR (int (ternary 1 $r.max_replicas (not (hasKey $r "max_replicas")))) }}
+{{- end }}
+{{- $actor := dict "num_cpus" $cpus "num_gpus" $gpus }}
+{{- if ge $mem 0.0 }}
+{{- $_ := set $actor "memory" (int64 (mulf $mem 1073741824)) }}
+{{- end }}
+{{- $deployment := dict "name" (printf "expert-%s" $key) "ray_actor_options" $actor "max_ongoing_requests" $ongoing }}
+{{- if $auto }}
+{{- $_ := set $deployment "autoscaling_config" (dict "min_replicas" $minR "max_replicas" $maxR) }}
+{{- else }}
+{{- $_ := set $deployment "num_replicas" $fixed }}
+{{- $minR = $fixed }}{{ $maxR = $fixed }}
+{{- end }}
+{{- $groupName := printf "gpu-%s" (regexReplaceAll "[^a-z0-9-]+" ($key | lower) "-" | trunc 30 | trimAll "-") }}
+{{- if gt $gpus 0.0 }}
+{{- if hasKey $groupNames $groupName }}
+{{- fail (printf "config.experts: the GPU groups %q and %q both map to the worker group name %q; rename one" (get $groupNames $groupName) $key $groupName) }}
+{{- end }}
+{{- $_ := set $groupNames $groupName $key }}
+{{- end }}
+{{- $groups = append $groups (dict "key" $key "deployment" $deployment "gpus" (int (ceil $gpus)) "minReplicas" $minR "maxReplicas" $maxR "experts" $names "groupName" $groupName) }}
 {{- end }}
 {{- toYaml (dict "groups" $groups) }}
+{{- end }}
+
+{{- define "eo.gpuGroups" -}}
+{{- $gpu := list }}
+{{- range (include "eo.expertGroups" . | fromYaml).groups }}
+{{- if gt (int .gpus) 0 }}{{ $gpu = append $gpu . }}{{ end }}
+{{- end }}
+{{- toYaml (dict "groups" $gpu) }}
 {{- end }}
 
 {{/*
@@ -281,7 +302,8 @@ Mounts of every Ray container; the argument "readOnly" is false only for trainin
 The pod-level annotations that roll the Ray cluster when its inputs change.
 */}}
 {{- define "eo.podAnnotations" -}}
-checksum/config: {{ include "eo.config" . | sha256sum }}
+{{- /* The sha256 of config.yaml's exact content (the ConfigMap's block scalar adds a newline). */}}
+checksum/config: {{ printf "%s\n" (include "eo.config" .) | sha256sum }}
 {{- with .Values.ray.podAnnotations }}
 {{ toYaml . }}
 {{- end }}
