@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +42,7 @@ class _Loaded:
     lock: threading.Lock = field(default_factory=threading.Lock)
     refs: int = 0
     nbytes: int = 0
+    batcher: _MicroBatcher | None = None
 
 
 _models: dict[str, _Loaded] = {}
@@ -85,6 +86,56 @@ class _Pending:
     future: asyncio.Future[Generation]
 
 
+class _MicroBatcher:
+    """Gathers requests that arrive within ``batch_wait_ms`` (or ``max_batch_size`` of them)
+    into one call of ``run``; each caller gets its own result or the batch's exception."""
+
+    def __init__(
+        self,
+        max_batch_size: int,
+        batch_wait_ms: float,
+        run: Callable[[Sequence[GenerationRequest]], Awaitable[list[Generation]]],
+    ) -> None:
+        self.max_batch_size = max_batch_size
+        self.batch_wait_ms = batch_wait_ms
+        self.run = run
+        self._queue: list[_Pending] = []
+        self._flush: asyncio.TimerHandle | None = None
+        self._running: set[asyncio.Task[None]] = set()
+
+    async def submit(self, request: GenerationRequest) -> Generation:
+        loop = asyncio.get_running_loop()
+        pending = _Pending(request, loop.create_future())
+        self._queue.append(pending)
+        if len(self._queue) >= self.max_batch_size:
+            self._drain()
+        elif self._flush is None:
+            self._flush = loop.call_later(self.batch_wait_ms / 1000, self._drain)
+        return await pending.future
+
+    def _drain(self) -> None:
+        if self._flush is not None:
+            self._flush.cancel()
+            self._flush = None
+        batch, self._queue = self._queue, []
+        if batch:
+            task = asyncio.ensure_future(self._complete(batch))
+            self._running.add(task)  # keep a reference until done
+            task.add_done_callback(self._running.discard)
+
+    async def _complete(self, batch: list[_Pending]) -> None:
+        try:
+            outs = await self.run([p.request for p in batch])
+        except Exception as e:
+            for p in batch:
+                if not p.future.done():
+                    p.future.set_exception(e)
+            return
+        for p, g in zip(batch, outs, strict=True):
+            if not p.future.done():
+                p.future.set_result(g)
+
+
 class TransformersBackend(Backend):
     name = "transformers"
 
@@ -97,9 +148,6 @@ class TransformersBackend(Backend):
         self.batch_wait_ms = float(opts.get("batch_wait_ms", 5))
         self.max_input_tokens = int(opts.get("max_input_tokens", 2048))
         self._loaded: _Loaded | None = None
-        self._queue: list[_Pending] = []
-        self._flush: asyncio.TimerHandle | None = None
-        self._running: set[asyncio.Task[None]] = set()
 
     def _resolved_device(self) -> str:
         if self.device != "auto":
@@ -217,37 +265,18 @@ class TransformersBackend(Backend):
         return [g for g in results if g is not None]
 
     async def generate_one(self, request: GenerationRequest) -> Generation:
-        """Online path: join the current micro-batch (``batch_wait_ms``) and wait for its result."""
-        loop = asyncio.get_running_loop()
-        pending = _Pending(request, loop.create_future())
-        self._queue.append(pending)
-        if len(self._queue) >= self.max_batch_size:
-            self._drain()
-        elif self._flush is None:
-            self._flush = loop.call_later(self.batch_wait_ms / 1000, self._drain)
-        return await pending.future
+        """Online path: join the model's current micro-batch and wait for its result.
 
-    def _drain(self) -> None:
-        if self._flush is not None:
-            self._flush.cancel()
-            self._flush = None
-        batch, self._queue = self._queue, []
-        if batch:
-            task = asyncio.ensure_future(self._complete(batch))
-            self._running.add(task)  # keep a reference until done
-            task.add_done_callback(self._running.discard)
-
-    async def _complete(self, batch: list[_Pending]) -> None:
-        try:
-            outs = await self.generate([p.request for p in batch])
-        except Exception as e:
-            for p in batch:
-                if not p.future.done():
-                    p.future.set_exception(e)
-            return
-        for p, g in zip(batch, outs, strict=True):
-            if not p.future.done():
-                p.future.set_result(g)
+        The batcher belongs to the loaded model, not the expert, so experts sharing weights
+        (different system prompts on one model) batch together."""
+        if not self.loaded:
+            await self.load()
+        assert self._loaded is not None
+        if self._loaded.batcher is None:
+            self._loaded.batcher = _MicroBatcher(
+                self.max_batch_size, self.batch_wait_ms, self.generate
+            )
+        return await self._loaded.batcher.submit(request)
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[Delta]:
         """Real token streaming: generate runs in a thread and pushes text as it decodes."""
