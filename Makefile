@@ -24,7 +24,7 @@ demo: install serve
 serve:
 	$(VENV)/bin/orchestrator serve
 
-test:
+test: lint
 	$(VENV)/bin/pytest tests -m "not slow and not gpu"
 
 test-unit:
