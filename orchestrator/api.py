@@ -10,7 +10,7 @@ import hmac
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
@@ -29,6 +29,7 @@ from orchestrator.errors import (
     RequestTooLargeError,
     error_body,
 )
+from orchestrator.limits import Limiter
 from orchestrator.pipeline import Orchestrator
 from orchestrator.protocol import ChatCompletion, ChatCompletionRequest, ErrorResponse, ModelList
 
@@ -131,25 +132,38 @@ def build_app(orchestrator: Orchestrator, *, manage_lifecycle: bool = True) -> F
         log.exception("unexpected error")
         return _error_response(OrchestratorError(f"internal error: {type(exc).__name__}"))
 
+    limiter = Limiter(orchestrator.config, orchestrator.store)
+
     @app.post(
         "/v1/chat/completions",
         response_model=ChatCompletion,
         responses=ERROR_RESPONSES,
-        dependencies=[Depends(require("user"))],
         summary="Create a chat completion, routed to the right expert(s)",
     )
-    async def chat_completions(request: Request) -> Response:
+    async def chat_completions(
+        request: Request, key_name: str | None = Depends(require("user"))
+    ) -> Response:
         body = await _read_body(request, limits.max_body_bytes)
         try:
             parsed = ChatCompletionRequest.model_validate_json(body)
         except ValidationError as e:
             raise _invalid(e.errors()) from None
         if parsed.stream:
-            trace, chunks = await orchestrator.start_stream(parsed)
+            # The admission is held until the stream ends, not until the headers are sent.
+            admission = AsyncExitStack()
+            await admission.enter_async_context(limiter.admit(key_name))
+            try:
+                trace, chunks = await orchestrator.start_stream(parsed)
+            except BaseException:
+                await admission.aclose()
+                raise
             return StreamingResponse(
-                _sse(chunks), media_type="text/event-stream", headers=_routing_headers(trace)
+                _sse(chunks, admission),
+                media_type="text/event-stream",
+                headers=_routing_headers(trace),
             )
-        completion = await orchestrator.complete(parsed)
+        async with limiter.admit(key_name):
+            completion = await orchestrator.complete(parsed)
         return Response(
             completion.model_dump_json(),
             media_type="application/json",
@@ -166,7 +180,7 @@ def build_app(orchestrator: Orchestrator, *, manage_lifecycle: bool = True) -> F
 
     @app.get("/ready", summary="Readiness: experts are loaded", responses={503: {}})
     async def ready() -> JSONResponse:
-        ok, detail = orchestrator.readiness()
+        ok, detail = await orchestrator.readiness()
         return JSONResponse(detail, status_code=200 if ok else 503)
 
     @app.get("/metrics", summary="Prometheus metrics")
@@ -205,7 +219,12 @@ def _invalid(errors: Any) -> InvalidRequestError:
     return InvalidRequestError(f"{param or 'body'}: {msg}", param=param)
 
 
-async def _sse(chunks: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:
-    async for c in chunks:
-        yield b"data: " + json.dumps(c, separators=(",", ":")).encode() + b"\n\n"
-    yield b"data: [DONE]\n\n"
+async def _sse(
+    chunks: AsyncIterator[dict[str, Any]], admission: AsyncExitStack
+) -> AsyncIterator[bytes]:
+    try:
+        async for c in chunks:
+            yield b"data: " + json.dumps(c, separators=(",", ":")).encode() + b"\n\n"
+        yield b"data: [DONE]\n\n"
+    finally:
+        await admission.aclose()

@@ -153,6 +153,12 @@ class ApiKey(_Strict):
         default_factory=lambda: ["user"],  # type: ignore[arg-type]
         description="user and/or admin.",
     )
+    requests_per_minute: int | None = Field(
+        None, ge=1, description="Rate limit for this key (default: server.requests_per_minute)."
+    )
+    max_concurrent: int | None = Field(
+        None, ge=1, description="Requests in flight for this key (default: server.max_concurrent)."
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> ApiKey:
@@ -180,6 +186,12 @@ class ServerConfig(_Strict):
         1.0, ge=0, le=2, description="When a request sets no temperature (OpenAI's default is 1)."
     )
     log_level: str = Field("info", description="Prompts and keys are never logged at info.")
+    requests_per_minute: int | None = Field(
+        None, ge=1, description="Per-key rate limit kept in Redis (429 + Retry-After); none = off."
+    )
+    max_concurrent: int | None = Field(
+        None, ge=1, description="Per-key requests in flight, kept in Redis (429); none = off."
+    )
 
 
 class SchedulerConfig(_Strict):

@@ -34,6 +34,7 @@ from orchestrator.protocol import (
     UsageOut,
 )
 from orchestrator.route import StrategySet
+from orchestrator.store import RedisStore
 from orchestrator.types import Decision, Delta, Generation, Query, Usage
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,7 @@ class Orchestrator:
         self.strategies = strategies or StrategySet(config)
         self.dispatcher = Dispatcher(self.pool)
         self.metrics = metrics or Metrics()
+        self.store = RedisStore(config.redis_url)
         self.created = int(time.time())
         self.started = False
 
@@ -68,11 +70,23 @@ class Orchestrator:
 
     async def stop(self) -> None:
         await self.pool.stop()
+        await self.store.close()
         self.started = False
 
-    def readiness(self) -> tuple[bool, dict[str, Any]]:
+    async def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """Ready when started and at least one expert is loaded. Redis being down does not make
+        the service unready: it is reported with the features it degrades."""
         ok = self.started and self.pool.ready()
-        return ok, {"status": "ready" if ok else "not ready", "experts": self.pool.status()}
+        detail: dict[str, Any] = {
+            "status": "ready" if ok else "not ready",
+            "experts": self.pool.status(),
+        }
+        if self.store.configured:
+            await self.store.ping()
+            detail["redis"] = self.store.status()
+            if not self.store.available:
+                detail["degraded"] = ["rate and concurrency limits are not enforced"]
+        return ok, detail
 
     def models(self) -> ModelList:
         cards = [
