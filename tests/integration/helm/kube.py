@@ -15,8 +15,10 @@
 
 from __future__ import annotations
 
-import copy
+import hashlib
+import importlib.metadata
 import json
+import os
 import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -31,9 +33,26 @@ from referencing import Registry, Resource
 # KubeRay derives cluster, service and pod names from these; its controllers reject longer ones
 # (MaxRayServiceNameLength / MaxRayJobNameLength = 53 - 6) and non-DNS-1035 names.
 KUBERAY_MAX_NAME = {"RayService": 47, "RayJob": 47, "RayCluster": 53}
+# libyaml when present: the three CRDs are 3 MB of YAML (≈1 s with it, ≈10 s without).
+SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 OBJECT_META = "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"
 INT_RANGES = {"int32": (-(2**31), 2**31 - 1), "int64": (-(2**63), 2**63 - 1)}
+
+
+def cached_json(name: str, source: bytes, produce: Callable[[], Any]) -> Any:
+    """``produce()``, kept as JSON in the cache under ``name`` + the hash of ``source``."""
+    digest = hashlib.sha256(source).hexdigest()[:16]
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    path = base / "expert-orchestrator" / "k8s-schemas" / f"{name}-{digest}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    value = produce()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(f".{os.getpid()}.tmp")
+    partial.write_text(json.dumps(value))
+    partial.replace(path)
+    return value
 
 
 class InvalidObject(AssertionError):
@@ -85,14 +104,11 @@ class KubeValidator:
         self._checker = _format_checker()
         self._crds: dict[tuple[str, str], dict[str, Any]] = {}
         for path in sorted(crd_dir.glob("*.yaml")):
-            crd = yaml.safe_load(path.read_text())
-            if crd.get("kind") != "CustomResourceDefinition":
-                continue
-            group, kind = crd["spec"]["group"], crd["spec"]["names"]["kind"]
-            for version in crd["spec"]["versions"]:
-                if version.get("served", True):
-                    raw = version["schema"]["openAPIV3Schema"]
-                    self._crds[(f"{group}/{version['name']}", kind)] = raw
+            text = path.read_bytes()
+            for api_version, kind, schema in cached_json(
+                f"crd-{path.stem}", text, lambda text=text: _crd_schemas(text)
+            ):
+                self._crds[(api_version, kind)] = schema
         if not self._crds:
             raise FileNotFoundError(f"no CustomResourceDefinition found in {crd_dir}")
         latest = kubernetes_validate.latest_version()
@@ -101,8 +117,12 @@ class KubeValidator:
         )
         self._registry: Registry[Any] = Resource.from_contents(definitions) @ Registry()
         self._object_meta_ref = f"{definitions['$id']}#/$defs/{OBJECT_META}"
-        self._custom: dict[tuple[str, str], Callable[[dict[str, Any]], None]] = {
-            ("monitoring.coreos.com/v1", "ServiceMonitor"): _validate_service_monitor,
+        # Kinds whose schema comes from typed models generated from their CRD, made on first use.
+        self._models: dict[tuple[str, str], tuple[str, Callable[[], dict[str, Any]]]] = {
+            ("monitoring.coreos.com/v1", "ServiceMonitor"): (
+                "cloudcoil-models-prometheus-operator",
+                _service_monitor_schema,
+            ),
         }
 
     @property
@@ -110,20 +130,22 @@ class KubeValidator:
         return set(self._crds)
 
     def kind_of(self, obj: dict[str, Any]) -> str:
-        """'builtin', 'crd' or 'custom': which check an object gets."""
+        """'builtin', 'crd' or 'model': which check an object gets."""
         key = (obj["apiVersion"], obj["kind"])
         if key in self._crds:
             return "crd"
-        if key in self._custom:
-            return "custom"
+        if key in self._models:
+            return "model"
         return "builtin"
 
     def validate(self, obj: dict[str, Any]) -> None:
         key = (obj.get("apiVersion", ""), obj.get("kind", ""))
+        if key in self._models and key not in self._crds:
+            package, produce = self._models[key]
+            version = importlib.metadata.version(package).encode()
+            self._crds[key] = cached_json(f"{key[1].lower()}-{package}", version, produce)
         if key in self._crds:
             self._validate_crd(obj, self._crds[key])
-        elif key in self._custom:
-            self._custom[key](obj)
         else:
             self._validate_builtin(obj)
 
@@ -140,8 +162,9 @@ class KubeValidator:
                     f"{describe(obj)} is invalid on Kubernetes {e.version} at {path}: {e.message}"
                 ) from None
 
-    def _validate_crd(self, obj: dict[str, Any], raw: dict[str, Any]) -> None:
-        schema = structural_to_jsonschema(copy.deepcopy(raw))
+    def _validate_crd(self, obj: dict[str, Any], converted: dict[str, Any]) -> None:
+        schema = dict(converted)
+        schema["properties"] = dict(schema["properties"])
         # The API server checks metadata itself (the CRD schema only says "object").
         schema["properties"]["metadata"] = {"$ref": self._object_meta_ref}
         validator = jsonschema.Draft202012Validator(
@@ -150,7 +173,9 @@ class KubeValidator:
         errors = sorted(validator.iter_errors(obj), key=lambda e: list(e.absolute_path))
         if errors:
             lines = [f"{'.'.join(map(str, e.absolute_path))}: {e.message}" for e in errors[:10]]
-            raise InvalidObject(f"{describe(obj)} does not match its CRD:\n  " + "\n  ".join(lines))
+            raise InvalidObject(
+                f"{describe(obj)} does not match its schema:\n  " + "\n  ".join(lines)
+            )
         name = obj["metadata"].get("name", "")
         limit = KUBERAY_MAX_NAME.get(obj["kind"])
         if limit is not None and (len(name) > limit or not DNS1035.match(name)):
@@ -159,34 +184,23 @@ class KubeValidator:
             )
 
 
-def _dropped(sent: Any, kept: Any, path: str = "") -> list[str]:
-    """Paths present in what was sent but missing from what the model kept."""
-    if isinstance(sent, dict):
-        if not isinstance(kept, dict):
-            return [path or "<root>"]
-        missing = []
-        for key, value in sent.items():
-            sub = f"{path}.{key}" if path else key
-            missing += [sub] if key not in kept else _dropped(value, kept[key], sub)
-        return missing
-    if isinstance(sent, list) and isinstance(kept, list):
-        return [
-            m
-            for i, (s, k) in enumerate(zip(sent, kept, strict=False))
-            for m in _dropped(s, k, f"{path}[{i}]")
-        ]
-    return []
+def _crd_schemas(text: bytes) -> list[tuple[str, str, dict[str, Any]]]:
+    """(apiVersion, kind, JSON Schema) of each served version of a CRD file."""
+    crd = yaml.load(text, Loader=SafeLoader)
+    if crd.get("kind") != "CustomResourceDefinition":
+        return []
+    group, kind = crd["spec"]["group"], crd["spec"]["names"]["kind"]
+    return [
+        (f"{group}/{v['name']}", kind, structural_to_jsonschema(v["schema"]["openAPIV3Schema"]))
+        for v in crd["spec"]["versions"]
+        if v.get("served", True)
+    ]
 
 
-def _validate_service_monitor(obj: dict[str, Any]) -> None:
-    import pydantic
+def _service_monitor_schema() -> dict[str, Any]:
+    """ServiceMonitor's JSON Schema from the models generated from its CRD; slow to import
+    (≈10 s), hence cached. Unknown fields become errors, as for a CRD."""
     from cloudcoil.models.prometheus_operator.v1 import ServiceMonitor
 
-    try:
-        model = ServiceMonitor.model_validate(obj)
-    except pydantic.ValidationError as e:
-        raise InvalidObject(f"{describe(obj)}: {e}") from None
-    kept = json.loads(model.model_dump_json(by_alias=True, exclude_unset=True))
-    unknown = _dropped(obj, kept)
-    if unknown:
-        raise InvalidObject(f"{describe(obj)}: unknown fields {unknown}")
+    schema = ServiceMonitor.model_json_schema(by_alias=True)
+    return structural_to_jsonschema(schema)  # type: ignore[no-any-return]
