@@ -14,8 +14,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -320,9 +320,11 @@ def test_gpu_expert_groups_map_to_gpu_worker_groups(render: Any, tmp_path: Path)
             max(x.min_replicas for x in res),
             max(x.max_replicas for x in res),
         )
-        # A pod fits one replica: its CPUs and memory cover the replica's ray_actor_options.
+        # A pod fits one replica: its CPUs, and the memory Ray schedules (what the object
+        # store leaves), cover the replica's ray_actor_options.
         assert _cpus(limits["cpu"]) >= max(x.num_cpus for x in res)
-        assert _bytes(limits["memory"]) >= max(x.memory_gb or 0 for x in res) * 2**30
+        memory = _bytes(limits["memory"]) - _object_store(group, limits)
+        assert memory >= max(x.memory_gb or 0 for x in res) * 2**30
         placement = {**gpu_values["defaults"], **gpu_values["groups"].get(key, {})}
         assert pod["nodeSelector"] == placement["nodeSelector"]
         assert pod["tolerations"] == placement["tolerations"]
@@ -333,6 +335,25 @@ def test_gpu_expert_groups_map_to_gpu_worker_groups(render: Any, tmp_path: Path)
     assert coder["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 2
     assert coder["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"}
     assert "nvidia.com/gpu" not in json.dumps(workers["cpu"])
+
+
+def _object_store(group: dict[str, Any], limits: dict[str, Any]) -> float:
+    """Ray's object store size in a pod: rayStartParams, else 30% of its memory (Ray's
+    default)."""
+    explicit = group["rayStartParams"].get("object-store-memory")
+    return float(explicit) if explicit else 0.3 * _bytes(limits["memory"])
+
+
+def test_object_stores_fit_in_shared_memory(scenario: tuple[str, Rendered]) -> None:
+    _, r = scenario
+    shm = _bytes(r.values["ray"]["shmSizeLimit"])
+    cluster = r.rayservice["spec"]["rayClusterConfig"]
+    for group in [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]:
+        pod = group["template"]["spec"]
+        limits = pod["containers"][0]["resources"]["limits"]
+        assert _object_store(group, limits) <= shm, group.get("groupName", "head")
+        dshm = {v["name"]: v for v in pod["volumes"]}["dshm"]["emptyDir"]
+        assert dshm == {"medium": "Memory", "sizeLimit": r.values["ray"]["shmSizeLimit"]}
 
 
 def _cpus(q: str | int | float) -> float:
@@ -398,15 +419,15 @@ def test_serve_config_is_the_one_ray_app_writes(
 
 
 def test_serve_config_matches_the_serve_config_command(render: Any, tmp_path: Path) -> None:
-    exe = shutil.which("orchestrator") or str(Path(__file__).parents[3] / ".venv/bin/orchestrator")
-    probe = subprocess.run([exe, "serve-config", "--help"], capture_output=True, text=True)
+    exe = [sys.executable, "-m", "orchestrator"]
+    probe = subprocess.run([*exe, "serve-config", "--help"], capture_output=True, text=True)
     if probe.returncode != 0:
         pytest.skip("`orchestrator serve-config` does not exist yet (the Ray Serve wiring adds it)")
     r = render(*SCENARIOS["gpu-production"])
     path = tmp_path / "config.yaml"
     path.write_text(r.config_text)
     out = subprocess.run(
-        [exe, "serve-config", "--config", str(path)],
+        [*exe, "serve-config", "--config", str(path)],
         capture_output=True,
         text=True,
         check=True,
