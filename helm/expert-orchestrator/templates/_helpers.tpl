@@ -302,7 +302,7 @@ Mounts of every Ray container; the argument "readOnly" is false only for trainin
 The pod-level annotations that roll the Ray cluster when its inputs change.
 */}}
 {{- define "eo.podAnnotations" -}}
-{{- /* The sha256 of config.yaml's exact content (the ConfigMap's block scalar adds a newline). */}}
+{{- /* The sha256 of config.yaml's exact content (the ConfigMap's block scalar adds a newline). */ -}}
 checksum/config: {{ printf "%s\n" (include "eo.config" .) | sha256sum }}
 {{- with .Values.ray.podAnnotations }}
 {{ toYaml . }}
@@ -393,8 +393,8 @@ spec:
       {{- end }}
       resources:
         {{- toYaml $resources | nindent 8 }}
-      {{- if .probes }}
-      {{- include "eo.workerProbes" $root | nindent 6 }}
+      {{- with and .probes (include "eo.workerProbes" $root | trim) }}
+      {{- . | nindent 6 }}
       {{- end }}
       volumeMounts:
         {{- include "eo.rayVolumeMounts" (dict "root" $root "readOnly" true) | nindent 8 }}
