@@ -35,6 +35,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         tier = Path(str(item.fspath)).relative_to(ROOT / "tests").parts[0]
         if tier in ("unit", "integration", "engine"):
             item.add_marker(getattr(pytest.mark, tier))
+    gpu_items = [item for item in items if item.get_closest_marker("gpu")]
+    if gpu_items and not _cuda_available():
+        skip = pytest.mark.skip(reason="needs CUDA (marker gpu); none on this machine")
+        for item in gpu_items:
+            item.add_marker(skip)
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
 
 
 def free_port() -> int:
@@ -80,3 +93,16 @@ def redis_url() -> Iterator[str]:
     yield f"redis://127.0.0.1:{port}/0"
     proc.terminate()
     proc.wait(10)
+
+
+@pytest.fixture(scope="session")
+def ray_serve() -> Iterator[str]:
+    """One local Ray cluster with Serve per test session, on loopback with no dashboard; yields
+    the HTTP proxy's base URL. Tests deploy applications on it under their own names and route
+    prefixes (``serve.run(app, name=..., route_prefix=...)``) and delete them when done."""
+    pytest.importorskip("ray.serve")
+    from orchestrator.ray_app import local_serve
+
+    port = free_port()
+    with local_serve("127.0.0.1", port):
+        yield f"http://127.0.0.1:{port}"
