@@ -44,6 +44,10 @@ class OrchestratorError(Exception):
         self.param = param
         self.code = code
         self.headers = headers or {}
+        # What the wire carried: the class's own values on the server; the SDK overwrites them
+        # with the response's status and type (a 405 is an invalid_request_error, say).
+        self.status: int = self.status_code
+        self.type: str = self.error_type
 
     def body(self) -> dict[str, Any]:
         return error_body(self.message, self.error_type, self.param, self.code)
