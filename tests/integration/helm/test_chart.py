@@ -532,7 +532,8 @@ def test_no_secret_value_is_rendered_outside_a_secret(scenario: tuple[str, Rende
         assert value not in others
     for obj in r.all("Secret"):
         assert "stringData" not in obj
-    assert "key:" not in yaml.safe_load(r.config_text).get("server", {}).__repr__()
+    for key in yaml.safe_load(r.config_text)["server"]["api_keys"]:
+        assert set(key) == {"name", "key_env", "scopes"}
 
 
 @pytest.mark.parametrize(
