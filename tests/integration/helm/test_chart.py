@@ -418,6 +418,51 @@ def test_serve_config_is_the_one_ray_app_writes(
     assert yaml.safe_load(r.rayservice["spec"]["serveConfigV2"]) == expected
 
 
+def test_serve_config_sizes_mixed_groups_like_ray_app(render: Any, tmp_path: Path) -> None:
+    """Groups whose members disagree: the largest value wins, autoscaling if any member is auto,
+    memory only when some member sets it, fractional GPUs round up to whole GPUs per pod."""
+    ray_app = pytest.importorskip("orchestrator.ray_app", reason="the Ray Serve wiring")
+    experts = [
+        {
+            "name": "a",
+            "model": "m",
+            "backend": "echo",
+            "max_concurrency": 3,
+            "resources": {"group": "g1", "num_gpus": 0.5, "num_cpus": 1, "num_replicas": 2},
+        },
+        {
+            "name": "b",
+            "model": "m",
+            "backend": "echo",
+            "resources": {
+                "group": "g1",
+                "num_gpus": 1.5,
+                "memory_gb": 1.3,
+                "num_replicas": "auto",
+                "min_replicas": 0,
+                "max_replicas": 5,
+            },
+        },
+        {"name": "c", "model": "m", "backend": "echo", "resources": {"num_replicas": 3}},
+        {
+            "name": "d",
+            "model": "m",
+            "backend": "echo",
+            "memory_gb": 7,
+            "resources": {"num_cpus": 0.25, "memory_gb": 0.75},
+        },
+    ]
+    r = render("cpu-demo", {"config": {"experts": experts}, "serve": {"port": 8123}})
+    cfg, _ = effective_config(r, tmp_path, ray_containers(r)[1][1])
+    expected = ray_app.serve_config(cfg, CONFIG_PATH, port=8123)
+    assert yaml.safe_load(r.rayservice["spec"]["serveConfigV2"]) == expected
+    workers = r.worker_groups()
+    assert set(workers) == {"cpu", "gpu-g1"}
+    g1 = workers["gpu-g1"]
+    assert g1["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 2
+    assert (g1["minReplicas"], g1["maxReplicas"]) == (1, 5)
+
+
 def test_serve_config_matches_the_serve_config_command(render: Any, tmp_path: Path) -> None:
     exe = [sys.executable, "-m", "orchestrator"]
     probe = subprocess.run([*exe, "serve-config", "--help"], capture_output=True, text=True)
