@@ -11,6 +11,8 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from orchestrator.evaluation.commands import eval_command, train_command
+
 app = typer.Typer(
     help="expert-orchestrator: one OpenAI-compatible endpoint for many experts.",
     no_args_is_help=True,
@@ -265,6 +267,11 @@ def strategies() -> None:
 
     print("strategies:", ", ".join(list_strategies()))
     print("backends:  ", ", ".join(list_backends()))
+
+
+# Recorded-outcome evaluation and training of routing strategies (orchestrator/evaluation/).
+app.command("eval")(eval_command)
+app.command("train")(train_command)
 
 
 def main() -> None:

@@ -34,7 +34,9 @@ class StrategySet:
             strategy = self._strategies.get(name)
             if strategy is None:
                 options = self.config.routing.strategies.get(name, {})
-                strategy = create_strategy(name, self.config.experts, options)
+                strategy = create_strategy(
+                    name, self.config.experts, options, artifacts_dir=self.config.artifacts_dir
+                )
                 strategy.setup()
                 self._strategies[name] = strategy
             return strategy

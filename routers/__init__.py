@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from orchestrator.config import ExpertConfig
@@ -15,6 +16,10 @@ STRATEGIES: Registry[Strategy] = Registry(
     {
         "direct": "routers.direct:DirectStrategy",
         "semantic": "routers.semantic:SemanticStrategy",
+        "coe": "routers.coe:CoEStrategy",
+        "knn": "routers.knn:KNNStrategy",
+        "threshold": "routers.threshold:ThresholdStrategy",
+        "random": "routers.random_strategy:RandomStrategy",
     },
 )
 
@@ -28,9 +33,14 @@ def get_strategy_class(name: str) -> type[Strategy]:
 
 
 def create_strategy(
-    name: str, experts: Sequence[ExpertConfig], options: dict[str, Any] | None = None
+    name: str,
+    experts: Sequence[ExpertConfig],
+    options: dict[str, Any] | None = None,
+    *,
+    artifacts_dir: Path | None = None,
 ) -> Strategy:
-    return STRATEGIES.get(name)(experts, options)
+    """A constructed (not yet set up) strategy; trainable ones read artifacts_dir."""
+    return STRATEGIES.get(name)(experts, options, artifacts_dir=artifacts_dir)
 
 
 __all__ = [

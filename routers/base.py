@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
@@ -37,6 +38,8 @@ class Strategy(ABC):
         self,
         experts: Sequence[ExpertConfig],
         options: StrategyOptions | dict[str, Any] | None = None,
+        *,
+        artifacts_dir: Path | None = None,
     ) -> None:
         if not experts:
             raise ValueError("a strategy needs at least one expert")
@@ -46,6 +49,8 @@ class Strategy(ABC):
             if isinstance(options, StrategyOptions)
             else self.Options.model_validate(options or {})
         )
+        self.artifacts_dir = artifacts_dir
+        """Where trained artifacts live (``config.artifacts_dir``); trainable strategies read it."""
 
     def setup(self) -> None:  # noqa: B027 - optional hook
         """Load what routing needs (embeddings, artifacts). Called once, off the event loop."""
