@@ -98,8 +98,9 @@ the orchestrator through (server.api_keys[].key_env).
 {{- end }}
 
 {{/*
-Redis: how the orchestrator reaches it. "config" puts a credential-free URL into the config
-file; "env" passes ORCHESTRATOR_REDIS_URL (composed from a Secret); "none" keeps no shared state.
+Redis: how the orchestrator reaches it. "internal" and "external-url" put a credential-free URL
+into the config file; "internal-auth" and "external-secret" pass ORCHESTRATOR_REDIS_URL from a
+Secret; "none" keeps no shared state.
 */}}
 {{- define "eo.redisHost" -}}
 {{- printf "%s-redis" (include "eo.fullname" .) }}
