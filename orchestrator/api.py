@@ -16,8 +16,9 @@ from typing import Any
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Send
+from starlette.types import Scope as ASGIScope
 
 from orchestrator.config import OrchestratorConfig, Scope
 from orchestrator.errors import (
@@ -100,9 +101,9 @@ def build_app(orchestrator: Orchestrator, *, manage_lifecycle: bool = True) -> F
         description="One OpenAI-compatible endpoint in front of many expert LLMs.",
         lifespan=lifespan,
     )
+    app.add_middleware(BodyLimit, max_bytes=orchestrator.config.server.max_body_bytes)
     app.state.orchestrator = orchestrator
     app.state.keys = KeyRing(orchestrator.config)
-    limits = orchestrator.config.server
 
     @app.exception_handler(OrchestratorError)
     async def _orchestrator_error(_: Request, exc: OrchestratorError) -> JSONResponse:
@@ -141,13 +142,8 @@ def build_app(orchestrator: Orchestrator, *, manage_lifecycle: bool = True) -> F
         summary="Create a chat completion, routed to the right expert(s)",
     )
     async def chat_completions(
-        request: Request, key_name: str | None = Depends(require("user"))
+        parsed: ChatCompletionRequest, key_name: str | None = Depends(require("user"))
     ) -> Response:
-        body = await _read_body(request, limits.max_body_bytes)
-        try:
-            parsed = ChatCompletionRequest.model_validate_json(body)
-        except ValidationError as e:
-            raise _invalid(e.errors()) from None
         if parsed.stream:
             # The admission is held until the stream ends, not until the headers are sent.
             admission = AsyncExitStack()
@@ -190,20 +186,36 @@ def build_app(orchestrator: Orchestrator, *, manage_lifecycle: bool = True) -> F
     return app
 
 
-async def _read_body(request: Request, max_bytes: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > max_bytes:
-        raise RequestTooLargeError(f"request body of {declared} bytes exceeds {max_bytes}")
-    chunks, size = [], 0
-    async for piece in request.stream():
-        size += len(piece)
-        if size > max_bytes:
-            raise RequestTooLargeError(f"request body exceeds {max_bytes} bytes")
-        chunks.append(piece)
-    body = b"".join(chunks)
-    if not body:
-        raise InvalidRequestError("empty request body; send a JSON chat completion request")
-    return body
+class BodyLimit:
+    """ASGI middleware: a body over ``max_bytes`` gets 413 before anything parses it (checked
+    on Content-Length up front, and on the bytes actually received for chunked bodies)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: ASGIScope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            err = RequestTooLargeError(
+                f"request body of {int(declared)} bytes exceeds {self.max_bytes}"
+            )
+            await _error_response(err)(scope, receive, send)
+            return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_bytes:
+                raise RequestTooLargeError(f"request body exceeds {self.max_bytes} bytes")
+            return message
+
+        await self.app(scope, limited, send)
 
 
 def _invalid(errors: Any) -> InvalidRequestError:
