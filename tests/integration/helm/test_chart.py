@@ -38,7 +38,7 @@ from tests.integration.helm.kube import InvalidObject, KubeValidator
 
 FULLNAME = f"{RELEASE}-expert-orchestrator"
 CONFIG_PATH = "/etc/orchestrator/config.yaml"
-TRAIN = "orchestrator train-router --config $ORCHESTRATOR_CONFIG"
+TRAIN = "orchestrator train coe --config $ORCHESTRATOR_CONFIG --data-dir /artifacts/data"
 # Secrets an operator creates before installing (values-gpu-production.yaml names them).
 EXISTING_SECRETS = {
     "orchestrator-api-keys": {"admin": "sk-prod-admin-0001", "web-app-key": "sk-prod-web-0002"},
