@@ -51,3 +51,8 @@ def running_server(
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+def log_path(url: str) -> Path:
+    """The log file of the server started by :func:`running_server` at ``url``."""
+    return ROOT / ".pytest_cache" / f"server-{url.rsplit(':', 1)[1]}.log"
