@@ -375,7 +375,6 @@ class ExpertScheduler:
         self._hold: tuple[int, float] | None = None
         self._task: asyncio.Task[None] | None = None
         self._closed = False
-        self._serving: list[_Job] = []
 
     @classmethod
     def from_config(
@@ -413,11 +412,8 @@ class ExpertScheduler:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        error = ServiceUnavailableError("the server is shutting down")
-        for job in [*self._serving, *(j for jobs in self._pending.values() for j in jobs)]:
-            job.fail(error)
+        _fail_all(self._pending, ServiceUnavailableError("the server is shutting down"))
         self._pending.clear()
-        self._serving = []
         await self.residency.release_all()
 
     # -- requests ------------------------------------------------------------------------------
@@ -523,7 +519,11 @@ class ExpertScheduler:
                     await asyncio.wait_for(self._arrival.wait(), left_s)
                 continue
             groups, self._pending, self._hold = self._pending, {}, None
-            await self._round(groups)
+            try:
+                await self._round(groups)
+            except asyncio.CancelledError:  # stop(): nobody may wait forever on this round
+                _fail_all(groups, ServiceUnavailableError("the server is shutting down"))
+                raise
 
     async def _round(self, groups: dict[str, list[_Job]]) -> None:
         self.stats.rounds += 1
@@ -538,15 +538,12 @@ class ExpertScheduler:
         for i, expert in enumerate(order):
             later = order[i + 1 :]
             upcoming = later + [e for e in self._pending if e not in later]
-            self._serving = live[expert]
             try:
                 await self._serve(expert, live[expert], upcoming)
             except Exception as e:  # a bug here must not stall every later request
                 log.exception("serving expert %s failed", expert)
                 for job in live[expert]:
                     job.fail(BackendError(f"the scheduler failed: {type(e).__name__}: {e}"))
-            finally:
-                self._serving = []
 
     async def _serve(self, expert: str, jobs: list[_Job], upcoming: Sequence[str]) -> None:
         jobs = [j for j in jobs if j.live]
@@ -609,8 +606,12 @@ class ExpertScheduler:
                 try:
                     delta = await asyncio.wait_for(anext(iterator), backend.expert.timeout_s)
                 except StopAsyncIteration:
+                    self.stats.requests += 1
                     break
                 job.deltas.put_nowait(delta)
+        except asyncio.CancelledError:  # stop(): end the stream with an error, not silently
+            job.deltas.put_nowait(ServiceUnavailableError("the server is shutting down"))
+            raise
         except Exception as e:
             job.deltas.put_nowait(e)
         finally:
@@ -619,4 +620,9 @@ class ExpertScheduler:
             if aclose is not None:
                 with contextlib.suppress(Exception):
                     await aclose()
-        self.stats.requests += 1
+
+
+def _fail_all(groups: Mapping[str, Sequence[_Job]], error: BaseException) -> None:
+    for jobs in groups.values():
+        for job in jobs:
+            job.fail(error)

@@ -7,7 +7,7 @@ engines are exercised by tests/engine/test_batch_cli.py and bench/batching.py.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import pytest
@@ -15,7 +15,14 @@ import pytest
 from orchestrator.config import ExpertConfig
 from orchestrator.errors import BackendError, ExpertUnavailableError, ServiceUnavailableError
 from orchestrator.schedule import ExpertScheduler, Residency, plan_order
-from orchestrator.types import Generation, GenerationRequest, Message, SamplingParams, Usage
+from orchestrator.types import (
+    Delta,
+    Generation,
+    GenerationRequest,
+    Message,
+    SamplingParams,
+    Usage,
+)
 from workers.base import Backend
 
 GB = 2**30
@@ -387,6 +394,25 @@ async def test_stop_fails_what_is_queued_and_unloads() -> None:
     with pytest.raises(ServiceUnavailableError):
         await scheduler.submit("a", req("after"))
     assert ledger.awake == {}
+
+
+async def test_stop_fails_the_round_in_progress() -> None:
+    ledger = Ledger(generate_delay_s=30)
+    scheduler = ExpertScheduler(pool(ledger, {"a": 1.0, "b": 1.0}))
+    scheduler.hold_window(3, timeout_s=30)
+    running = asyncio.create_task(scheduler.submit("a", req("x")))
+    streaming = asyncio.create_task(_drain(scheduler.stream("a", req("y"))))
+    later = asyncio.create_task(scheduler.submit("b", req("z")))
+    while not ledger.batches():
+        await asyncio.sleep(0.001)
+    await scheduler.stop()
+    for task in (running, streaming, later):
+        with pytest.raises(ServiceUnavailableError):
+            await task
+
+
+async def _drain(deltas: AsyncIterator[Delta]) -> str:
+    return "".join([d.text async for d in deltas])
 
 
 async def test_unknown_expert_is_refused() -> None:
