@@ -60,6 +60,8 @@ def chat_body(
     be sent and silently ignored by the server).
     """
     unknown = sorted(set(params) - CHAT_PARAMS)
+    if "stream" in unknown:
+        raise TypeError("to stream, call chat.completions.stream(...) instead of create(...)")
     if unknown:
         raise TypeError(
             f"unknown chat parameter(s) {unknown}; valid: {sorted(CHAT_PARAMS)} "

@@ -141,6 +141,8 @@ def test_misspelt_option_fails_before_sending() -> None:
 
     with pytest.raises(TypeError, match="max_latency_ms"):
         client_for(handler).chat.completions.create(messages=HI, max_latency=5)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match=r"stream\(\.\.\.\)"):
+        client_for(handler).chat.completions.create(messages=HI, stream=True)  # type: ignore[call-arg]
 
 
 def test_settings_precedence(monkeypatch: pytest.MonkeyPatch) -> None:
