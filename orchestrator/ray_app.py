@@ -32,6 +32,7 @@ it, the embedded demo pool). ``orchestrator serve-config`` writes a Serve config
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import signal
 import threading
@@ -253,9 +254,17 @@ async def _result(response: Any) -> Any:
         raise _unwrap(e) from e
 
 
-def _unwrap(e: Exception) -> Exception:
+def _unwrap(e: BaseException) -> BaseException:
     cause = getattr(e, "cause", None)
     return cause if isinstance(cause, OrchestratorError) else e
+
+
+def _replica_lost(e: BaseException) -> bool:
+    """The replica serving a call died or vanished (killed, node lost, scaled in)."""
+    from ray.exceptions import RayActorError
+    from ray.serve.exceptions import DeploymentUnavailableError, ReplicaUnavailableError
+
+    return isinstance(e, RayActorError | ReplicaUnavailableError | DeploymentUnavailableError)
 
 
 class RemoteBackend(Backend):
@@ -264,6 +273,11 @@ class RemoteBackend(Backend):
     ``load`` waits until the remote expert is ready (a vLLM engine may take a minute);
     ``unload`` only forgets it here: the deployment owns the engine, and Ray owns the
     deployment's replicas (count, autoscaling, restarts).
+
+    When a call finds its replica dead, the expert counts as not loaded until a replica answers
+    again (a background probe): meanwhile dispatch sees it unavailable and falls back at once,
+    instead of queueing behind Serve's replacement of the replica (≈5–30 s; a vLLM replica
+    takes its cold start).
     """
 
     name = "ray"
@@ -271,22 +285,53 @@ class RemoteBackend(Backend):
     def __init__(self, expert: ExpertConfig, handle: DeploymentHandle[Any]) -> None:
         super().__init__(expert)
         self.handle = handle
+        self._probe: asyncio.Task[None] | None = None
 
     async def load(self) -> None:
         await _result(self.handle.ensure.remote(self.expert.name))
         self.loaded = True
 
     async def unload(self) -> None:
+        if self._probe is not None:
+            self._probe.cancel()
         self.loaded = False
 
+    async def _call(self, response: Any) -> Any:
+        try:
+            return await response
+        except Exception as e:
+            self._check_replica(e)
+            raise _unwrap(e) from e
+
+    def _check_replica(self, e: BaseException) -> None:
+        if _replica_lost(e) and self.loaded:
+            log.warning(
+                "expert %s lost its replica; falling back until it is back", self.expert.name
+            )
+            self.loaded = False
+            self._probe = asyncio.ensure_future(self._await_replica())
+
+    async def _await_replica(self) -> None:
+        while True:
+            try:
+                await self.handle.ensure.remote(self.expert.name)
+            except Exception as e:
+                if not _replica_lost(e):
+                    log.warning("expert %s stays unavailable: %s", self.expert.name, e)
+                    return
+                await asyncio.sleep(0.5)
+                continue
+            self.loaded = True
+            return
+
     async def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
-        result: list[Generation] = await _result(
+        result: list[Generation] = await self._call(
             self.handle.generate.remote(self.expert.name, list(requests))
         )
         return result
 
     async def generate_one(self, request: GenerationRequest) -> Generation:
-        result: Generation = await _result(
+        result: Generation = await self._call(
             self.handle.generate_one.remote(self.expert.name, request)
         )
         return result
@@ -300,6 +345,7 @@ class RemoteBackend(Backend):
             async for delta in responses:
                 yield delta
         except Exception as e:
+            self._check_replica(e)
             raise _unwrap(e) from e
         finally:
             responses.cancel()  # type: ignore[no-untyped-call]  # a client that went away stops the remote generation too
@@ -307,7 +353,7 @@ class RemoteBackend(Backend):
     async def health(self) -> bool:
         if not self.loaded:
             return False
-        healthy: bool = await _result(self.handle.health.remote(self.expert.name))
+        healthy: bool = await self._call(self.handle.health.remote(self.expert.name))
         return healthy
 
 
