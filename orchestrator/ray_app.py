@@ -415,8 +415,8 @@ def run_local(config: OrchestratorConfig, host: str, port: int) -> None:
     """``orchestrator serve --ray``: deploy ``config`` on a local Ray cluster; block until
     Ctrl-C or SIGTERM, then shut everything down."""
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with local_serve(host, port):
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())  # after ray.init, which sets its own
         serve.run(build_application(config), name=APP_NAME, route_prefix="/")
         try:
             while not stop.wait(1.0):

@@ -45,8 +45,11 @@ def base_url(ray_serve: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         serve.delete(APP)
 
 
-def test_deployment_graph() -> None:
+def test_deployment_graph_matches_the_serve_config() -> None:
     from ray import serve
+
+    from orchestrator.config import load_config
+    from orchestrator.ray_app import serve_config
 
     app = serve.status().applications[APP]
     assert app.status == "RUNNING"
@@ -58,6 +61,8 @@ def test_deployment_graph() -> None:
         "expert-broken",
     }
     assert all(d.status == "HEALTHY" for d in app.deployments.values())
+    generated = serve_config(load_config(None, **copy.deepcopy(CONFIG)), "unused")
+    assert {d["name"] for d in generated["applications"][0]["deployments"]} == set(app.deployments)
 
 
 def test_streaming_trace_comes_first(client: openai.OpenAI) -> None:
