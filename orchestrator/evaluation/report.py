@@ -51,7 +51,7 @@ def print_report(result: EvalResult, console: Console, *, show_models: int = 12)
         ("cost to 95%", "right"),
         ("decisions/s", "right"),
     ]:
-        table.add_column(col, justify=just)  # type: ignore[arg-type]
+        table.add_column(col, justify=just, no_wrap=col == "router")  # type: ignore[arg-type]
 
     def row(
         name: str, knob: str, p: Point, aiq: float | None, to_target: float | None, dps: str
@@ -71,10 +71,10 @@ def print_report(result: EvalResult, console: Console, *, show_models: int = 12)
         dps = f"{r.timings.get('decisions_per_s', 0):,.0f}"
         row(r.name, _knob(r.knob, r.chosen_knob), r.headline, r.aiq, r.cost_to_target, dps)
     table.add_section()
-    row(f"best single: {result.best_single}", "—", best, None, None, "")
+    row("best single model", result.best_single, best, None, None, "")
     table.add_row(
-        "all single models (hull)",
-        "—",
+        "single models, mixed",
+        "hull of all models",
         "",
         "",
         "",
@@ -82,7 +82,7 @@ def print_report(result: EvalResult, console: Console, *, show_models: int = 12)
         _usd(result.singles_cost_to_target),
         "",
     )
-    row("oracle (cheapest correct)", "—", result.oracle, None, None, "")
+    row("oracle", "cheapest correct model", result.oracle, None, None, "")
     console.print(table)
 
     models = Table(title=f"{d['name']} · single models on test", title_justify="left")

@@ -73,7 +73,11 @@ def server(routerbench, artifact, shared_data) -> Iterator[str]:
 
 
 def chat(url: str, prompt: str, model: str = "router/coe") -> httpx.Response:
-    body: dict[str, Any] = {"model": model, "messages": [{"role": "user", "content": prompt}]}
+    body: dict[str, Any] = {
+        "model": model,
+        "messages": [{"role": "user", "content": prompt}],
+        "max_tokens": 4000,  # the recorded answers are long; the default 256 would cut them
+    }
     return httpx.post(f"{url}/v1/chat/completions", json=body, timeout=60)
 
 

@@ -46,7 +46,7 @@ def test_report_json_and_plots(result, tmp_path):
     console = Console(record=True, width=140)
     print_report(result, console)
     text = console.export_text()
-    assert "best single: big" in text and "oracle" in text and "coe" in text
+    assert "best single model" in text and "oracle" in text and "coe" in text
     data = json.loads(write_json(result, tmp_path / "r.json").read_text())
     assert data["strategies"][0]["name"] == "coe" and "aiq" in data["strategies"][0]
     assert data["dataset"]["cost_source"] == "synthetic"
