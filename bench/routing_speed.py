@@ -45,9 +45,10 @@ def main() -> None:
     from routers import get_strategy_class
     from routers.embeddings import get_embedder
 
-    data, _ = load_dataset(args.dataset, data_dir=args.data_dir).complete()
+    full = load_dataset(args.dataset, data_dir=args.data_dir)
+    warm_embeddings(full, cache_dir=args.cache_dir)  # the cache file `orchestrator eval` wrote
+    data, _ = full.complete()
     train, test = split(data, 0.3, seed=0)
-    warm_embeddings(train, cache_dir=args.cache_dir)
     prompts = sample(test, args.n).prompts
     batch_prompts = prompts[: args.batch]
     experts = replay_experts(data)
