@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Send
 from starlette.types import Scope as ASGIScope
 
+from orchestrator.admin import mount_admin
 from orchestrator.config import OrchestratorConfig, Scope
 from orchestrator.errors import (
     AuthenticationError,
@@ -91,7 +92,9 @@ def build_app(orchestrator: Orchestrator, *, manage_lifecycle: bool = True) -> F
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if manage_lifecycle:
             await orchestrator.start()
+        await app.state.admin.start()
         yield
+        await app.state.admin.stop()
         if manage_lifecycle:
             await orchestrator.stop()
 
@@ -183,6 +186,7 @@ def build_app(orchestrator: Orchestrator, *, manage_lifecycle: bool = True) -> F
     async def metrics() -> Response:
         return Response(orchestrator.metrics.render(), media_type="text/plain; version=0.0.4")
 
+    app.state.admin = mount_admin(app, orchestrator, require("admin"))
     return app
 
 

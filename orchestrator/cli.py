@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 
 from orchestrator.evaluation.commands import eval_command, train_command
+from orchestrator.jobs.cli import app as jobs_app
 
 app = typer.Typer(
     help="expert-orchestrator: one OpenAI-compatible endpoint for many experts.",
@@ -327,6 +328,7 @@ def strategies() -> None:
 # Recorded-outcome evaluation and training of routing strategies (orchestrator/evaluation/).
 app.command("eval")(eval_command)
 app.command("train")(train_command)
+app.add_typer(jobs_app, name="jobs")
 
 
 def main() -> None:

@@ -230,6 +230,58 @@ class SchedulerConfig(_Strict):
     )
 
 
+class JobsConfig(_Strict):
+    """Router-training jobs (docs/training-jobs.md): a durable queue in Redis, worked by every
+    server process that has ``worker`` on, at most ``max_concurrent`` jobs at once in total."""
+
+    worker: bool = Field(
+        True, description="Run queued jobs in this process (off: this replica only serves)."
+    )
+    executor: Literal["auto", "process", "ray"] = Field(
+        "auto",
+        description="Where a job runs: a spawned process, or a Ray task; auto = Ray when this "
+        "process is connected to a Ray cluster, else a process.",
+    )
+    max_concurrent: int = Field(
+        1, ge=1, description="Jobs running at once across all replicas sharing the Redis."
+    )
+    num_cpus: float = Field(1.0, ge=0, description="CPUs a job's Ray task reserves.")
+    lease_s: float = Field(
+        15.0,
+        gt=0,
+        description="A running job's lease, renewed every lease_s/3 by the process running it; "
+        "a job whose lease expired (that process died) is re-queued or failed.",
+    )
+    max_attempts: int = Field(
+        2,
+        ge=1,
+        description="Runs of one job: a job whose orchestrator died mid-run is re-queued until "
+        "this many runs started, then failed with the reason.",
+    )
+    poll_s: float = Field(
+        1.0, gt=0, description="How often a worker looks for queued jobs and expired leases."
+    )
+    keep_finished_s: int = Field(
+        7 * 24 * 3600,
+        ge=60,
+        description="How long a finished job (status, metrics, logs) stays in Redis.",
+    )
+    max_log_lines: int = Field(200, ge=1, description="Log lines kept per job (the newest).")
+    promotion_poll_s: float = Field(
+        1.0,
+        gt=0,
+        description="How often serving replicas check which router version is promoted.",
+    )
+    data_dir: Path | None = Field(
+        None,
+        description="Where dataset names resolve (<data_dir>/<name>); default "
+        "$ORCHESTRATOR_DATA_DIR or ../shared/data beside the repository.",
+    )
+    embedding_cache_dir: Path | None = Field(
+        None, description="Embedding cache reused across jobs on the same data; none = off."
+    )
+
+
 class OrchestratorConfig(BaseSettings):
     """The whole service configuration."""
 
@@ -246,6 +298,9 @@ class OrchestratorConfig(BaseSettings):
     )
     artifacts_dir: Path = Field(
         Path("artifacts"), description="Where trained router artifacts live."
+    )
+    jobs: JobsConfig = Field(
+        default_factory=JobsConfig, description="Router-training jobs (needs redis_url)."
     )
 
     @classmethod

@@ -167,7 +167,10 @@ def train_command(
         str, typer.Argument(help="A trainable strategy (coe, knn, threshold).")
     ] = "coe",
     dataset: Annotated[
-        str, typer.Option("--dataset", "-d", help="routerbench, llmrouter or mmlu_pro.")
+        str,
+        typer.Option(
+            "--dataset", "-d", help="routerbench, llmrouter, mmlu_pro, or jsonl (with --path)."
+        ),
     ] = "routerbench",
     data_dir: DataDirOpt = None,
     path: PathOpt = None,
@@ -187,45 +190,72 @@ def train_command(
     artifacts_dir: ArtifactsOpt = None,
     cache_dir: CacheOpt = Path(".cache/embeddings"),
     no_cache: NoCacheOpt = False,
+    evaluate: Annotated[
+        bool,
+        typer.Option(
+            help="Evaluate on the held-out split; metrics and plots go with the artifact."
+        ),
+    ] = True,
 ) -> None:
-    """Train a strategy on recorded outcomes and save it as a new artifact version."""
+    """Train a strategy on recorded outcomes (or a JSONL file: --dataset jsonl --path F) and
+    save it as a new artifact version — the same run a training job does
+    (orchestrator.jobs.work.train_router)."""
+    from pydantic import ValidationError
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
     from orchestrator.errors import ConfigError
-    from orchestrator.evaluation.datasets import split
-    from orchestrator.evaluation.harness import warm_embeddings
-    from routers import get_strategy_class
+    from orchestrator.jobs.work import ConsoleReporter, TrainSpec, train_router, trainable_class
     from routers.artifacts import ArtifactStore
-    from routers.trainable import TrainableStrategy
 
     try:
-        cls = get_strategy_class(strategy)
+        trainable_class(strategy)
     except ConfigError as e:
         err.print(f"[red]error[/red]: {e.message}")
         raise typer.Exit(2) from None
-    if not issubclass(cls, TrainableStrategy):
-        err.print(f"[red]error[/red]: strategy '{strategy}' is not trainable")
-        raise typer.Exit(2)
     if split_ not in ("train", "all"):
         raise typer.BadParameter("--split must be 'train' or 'all'")
-    (data,) = _datasets([dataset], data_dir, path, limit, seed)
-    data, dropped = data.complete()
-    if split_ == "train":
-        data, _ = split(data, test_fraction, seed=seed, salt="test")
-    options = parse_options(option).get(strategy, {})
     store = ArtifactStore(_artifacts_dir(config, artifacts_dir))
-    cache = None if no_cache else cache_dir
-    warm_embeddings(data, options.get("embedding_model"), cache)
+    spec = TrainSpec(
+        strategy=strategy,
+        dataset=dataset,
+        options=parse_options(option).get(strategy, {}),
+        path=str(path) if path is not None else None,
+        data_dir=str(data_dir) if data_dir is not None else None,
+        split="train" if split_ == "train" else "all",
+        test_fraction=test_fraction,
+        seed=seed,
+        limit=limit,
+        evaluate=evaluate,
+        embedding_cache_dir=None if no_cache else str(cache_dir),
+    )
+    columns = (TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn())
     try:
-        artifact = cls.train(data, options, store)
+        with Progress(*columns, console=err, transient=True) as progress:
+            outcome = train_router(spec, store, ConsoleReporter(progress, f"train {strategy}"))
     except ConfigError as e:
         err.print(f"[red]error[/red]: {e.message}")
         raise typer.Exit(2) from None
+    except ValidationError as e:
+        err.print(f"[red]error[/red]: --option {strategy}.{e.errors()[0]['loc'][0]}: {e}")
+        raise typer.Exit(2) from None
+    artifact = outcome.artifact
     width = shutil.get_terminal_size((100, 20)).columns
     err.print(
-        f"[green]trained[/green] {strategy} {artifact.version} on {len(data)} {data.name} prompts "
-        f"({split_} split, {dropped} incomplete rows dropped) → {artifact.path}"
+        f"[green]trained[/green] {strategy} {artifact.version} on {outcome.trained_rows} "
+        f"{artifact.meta['dataset']['name']} prompts ({split_} split, {outcome.dropped} "
+        f"incomplete rows dropped) → {artifact.path}"
     )
     for k, v in artifact.meta.get("metrics", {}).items():
-        err.print(f"  {k}: {v}"[:width])
+        if k != "evaluation":
+            err.print(f"  {k}: {v}"[:width])
+    if outcome.metrics:
+        m = outcome.metrics
+        err.print(
+            f"held-out ({m['test_rows']} prompts): accuracy {m['accuracy']:.3f} at "
+            f"${m['mean_cost_usd']:.6f}/query; best single {m['best_single']} "
+            f"{m['best_single_accuracy']:.3f}; oracle {m['oracle_accuracy']:.3f}; plots: "
+            + ", ".join(str(p) for p in outcome.plots)
+        )
     err.print(
         f"serve it with routing.strategies.{strategy}.artifact: {artifact.version} (or 'latest') "
         f"and artifacts_dir: {store.root}"
