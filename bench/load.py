@@ -80,7 +80,10 @@ async def drive(
     server_pids: list[int] | None = None,
     headers: dict[str, str] | None = None,
     timeout_s: float = 60,
+    vary: bool = True,
 ) -> LoadResult:
+    """``vary`` makes every prompt distinct (a request number appended to the last message),
+    so caches (embeddings of repeated queries) do not flatter a routed server."""
     pids = server_pids or []
     latencies: list[float] = []
     statuses: dict[str, int] = {}
@@ -110,9 +113,14 @@ async def drive(
                     i = queue.get_nowait()
                 except asyncio.QueueEmpty:
                     return
+                data = payload
+                if vary:
+                    messages = [*body["messages"][:-1], dict(body["messages"][-1])]
+                    messages[-1]["content"] = f"{messages[-1]['content']} #{i}"
+                    data = json.dumps({**body, "messages": messages})
                 t0 = time.perf_counter()
                 try:
-                    async with session.post(url, data=payload, headers=hdrs) as r:
+                    async with session.post(url, data=data, headers=hdrs) as r:
                         await r.read()
                         key = str(r.status)
                         if r.status != 200:

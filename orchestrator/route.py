@@ -16,12 +16,15 @@ import asyncio
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Sequence
+from functools import partial
 from typing import TYPE_CHECKING
 
 from orchestrator.config import OrchestratorConfig
 from orchestrator.errors import InvalidRequestError
 from orchestrator.ingress import Target
+from orchestrator.microbatch import MicroBatcher
 from orchestrator.types import Decision, Message, Query
 from routers import Strategy, create_strategy, list_strategies
 from routers.direct import DirectStrategy
@@ -50,6 +53,9 @@ class StrategySet:
         self._refresh_lock = threading.Lock()
         self._next_check = 0.0
         self._refreshing: asyncio.Future[list[str]] | None = None
+        self._batchers: weakref.WeakKeyDictionary[Strategy, MicroBatcher[Query, Decision]] = (
+            weakref.WeakKeyDictionary()
+        )
 
     def names(self) -> list[str]:
         return list_strategies()
@@ -145,11 +151,21 @@ class StrategySet:
             raise InvalidRequestError(
                 f"unknown strategy '{name}'; valid: {', '.join(self.names())}", param="strategy"
             )
-        strategy = await asyncio.to_thread(self.get, name)
-        (decision,) = await asyncio.to_thread(strategy.route, [query])
-        return decision
+        strategy = self._strategies.get(name)
+        if strategy is None:
+            strategy = await asyncio.to_thread(self.get, name)
+        batcher = self._batchers.get(strategy)
+        if batcher is None:
+            batcher = MicroBatcher(partial(_route_off_loop, strategy), max_batch_size=64)
+            self._batchers[strategy] = batcher
+        # Concurrent queries to one strategy are routed as one batch (one embedding pass).
+        return await batcher.submit(query)
 
     async def decide_batch(self, queries: Sequence[Query], name: str) -> list[Decision]:
         self._poll()
         strategy = await asyncio.to_thread(self.get, name)
         return await asyncio.to_thread(strategy.route, list(queries))
+
+
+async def _route_off_loop(strategy: Strategy, queries: Sequence[Query]) -> list[Decision]:
+    return await asyncio.to_thread(strategy.route, list(queries))

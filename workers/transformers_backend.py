@@ -14,12 +14,13 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from orchestrator.config import ExpertConfig
 from orchestrator.errors import ContextWindowError
+from orchestrator.microbatch import MicroBatcher
 from orchestrator.types import (
     Delta,
     FinishReason,
@@ -42,7 +43,7 @@ class _Loaded:
     lock: threading.Lock = field(default_factory=threading.Lock)
     refs: int = 0
     nbytes: int = 0
-    batcher: _MicroBatcher | None = None
+    batcher: MicroBatcher[GenerationRequest, Generation] | None = None
 
 
 _models: dict[str, _Loaded] = {}
@@ -78,62 +79,6 @@ def _release(model: str, dtype_name: str, device: str) -> None:
             loaded.refs -= 1
             if loaded.refs <= 0:
                 del _models[key]
-
-
-@dataclass
-class _Pending:
-    request: GenerationRequest
-    future: asyncio.Future[Generation]
-
-
-class _MicroBatcher:
-    """Gathers requests that arrive within ``batch_wait_ms`` (or ``max_batch_size`` of them)
-    into one call of ``run``; each caller gets its own result or the batch's exception."""
-
-    def __init__(
-        self,
-        max_batch_size: int,
-        batch_wait_ms: float,
-        run: Callable[[Sequence[GenerationRequest]], Awaitable[list[Generation]]],
-    ) -> None:
-        self.max_batch_size = max_batch_size
-        self.batch_wait_ms = batch_wait_ms
-        self.run = run
-        self._queue: list[_Pending] = []
-        self._flush: asyncio.TimerHandle | None = None
-        self._running: set[asyncio.Task[None]] = set()
-
-    async def submit(self, request: GenerationRequest) -> Generation:
-        loop = asyncio.get_running_loop()
-        pending = _Pending(request, loop.create_future())
-        self._queue.append(pending)
-        if len(self._queue) >= self.max_batch_size:
-            self._drain()
-        elif self._flush is None:
-            self._flush = loop.call_later(self.batch_wait_ms / 1000, self._drain)
-        return await pending.future
-
-    def _drain(self) -> None:
-        if self._flush is not None:
-            self._flush.cancel()
-            self._flush = None
-        batch, self._queue = self._queue, []
-        if batch:
-            task = asyncio.ensure_future(self._complete(batch))
-            self._running.add(task)  # keep a reference until done
-            task.add_done_callback(self._running.discard)
-
-    async def _complete(self, batch: list[_Pending]) -> None:
-        try:
-            outs = await self.run([p.request for p in batch])
-        except Exception as e:
-            for p in batch:
-                if not p.future.done():
-                    p.future.set_exception(e)
-            return
-        for p, g in zip(batch, outs, strict=True):
-            if not p.future.done():
-                p.future.set_result(g)
 
 
 class TransformersBackend(Backend):
@@ -273,8 +218,8 @@ class TransformersBackend(Backend):
             await self.load()
         assert self._loaded is not None
         if self._loaded.batcher is None:
-            self._loaded.batcher = _MicroBatcher(
-                self.max_batch_size, self.batch_wait_ms, self.generate
+            self._loaded.batcher = MicroBatcher(
+                self.generate, self.max_batch_size, self.batch_wait_ms
             )
         return await self._loaded.batcher.submit(request)
 
