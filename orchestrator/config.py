@@ -282,6 +282,31 @@ class JobsConfig(_Strict):
     )
 
 
+class KnowledgeConfig(_Strict):
+    """The knowledge store that retrieval (the expertrag strategy) reads: documents chunked,
+    embedded with MiniLM and kept in Redis (needs redis_url); docs/routing.md."""
+
+    embedding_model: str | None = Field(
+        None, description="A local sentence-transformers folder; default MiniLM."
+    )
+    chunk_chars: int = Field(
+        480,
+        ge=120,
+        le=512,
+        description="Characters per chunk including its document's title (MiniLM reads about "
+        "500 characters; the embedder keeps the last 512).",
+    )
+    chunk_overlap_chars: int = Field(
+        80, ge=0, le=400, description="Trailing sentences of a chunk repeated in the next."
+    )
+    max_document_chars: int = Field(
+        200_000, ge=1, description="Longer documents get 400: split them."
+    )
+    max_documents_per_request: int = Field(
+        256, ge=1, description="Documents per POST /admin/kb/documents (400 above)."
+    )
+
+
 class OrchestratorConfig(BaseSettings):
     """The whole service configuration."""
 
@@ -301,6 +326,10 @@ class OrchestratorConfig(BaseSettings):
     )
     jobs: JobsConfig = Field(
         default_factory=JobsConfig, description="Router-training jobs (needs redis_url)."
+    )
+    knowledge: KnowledgeConfig = Field(
+        default_factory=KnowledgeConfig,
+        description="The knowledge store for retrieval (expertrag; needs redis_url).",
     )
 
     @classmethod
