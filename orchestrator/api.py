@@ -31,6 +31,7 @@ from orchestrator.errors import (
     RequestTooLargeError,
     error_body,
 )
+from orchestrator.ingress import with_key_budgets
 from orchestrator.limits import Limiter
 from orchestrator.pipeline import Orchestrator
 from orchestrator.protocol import ChatCompletion, ChatCompletionRequest, ErrorResponse, ModelList
@@ -147,6 +148,7 @@ def build_app(orchestrator: Orchestrator, *, manage_lifecycle: bool = True) -> F
     async def chat_completions(
         parsed: ChatCompletionRequest, key_name: str | None = Depends(require("user"))
     ) -> Response:
+        parsed = with_key_budgets(parsed, orchestrator.config, key_name)
         if parsed.stream:
             # The admission is held until the stream ends, not until the headers are sent.
             admission = AsyncExitStack()

@@ -52,7 +52,12 @@ class Profile(_Strict):
     ms_per_output_token: float = Field(20.0, ge=0, description="Decode time per output token.")
     energy_j_per_token: float = Field(0.0, ge=0, description="Joules per generated token.")
     source: Literal["config", "measured"] = Field(
-        "config", description="Where the numbers came from."
+        "config", description="Where the latency numbers came from."
+    )
+    energy_source: Literal["config", "measured"] = Field(
+        "config",
+        description="Where energy_j_per_token came from (measured only where the hardware "
+        "exposes an energy counter, e.g. Intel RAPL).",
     )
 
 
@@ -143,6 +148,15 @@ class RoutingConfig(_Strict):
     max_fallbacks: int = Field(2, ge=0, description="At most this many fallback attempts.")
 
 
+class Budgets(_Strict):
+    """Per-request budgets a key's requests get when they set none (strategies that honour
+    budgets, such as moe2, read them; a request's own value wins, field by field)."""
+
+    max_latency_ms: float | None = Field(None, gt=0, description="Latency budget, ms.")
+    max_energy_j: float | None = Field(None, gt=0, description="Energy budget, joules.")
+    max_cost_usd: float | None = Field(None, ge=0, description="Cost budget, USD per request.")
+
+
 class ApiKey(_Strict):
     name: str = Field(
         ..., description="A label for logs and metrics (the key itself is never logged)."
@@ -158,6 +172,11 @@ class ApiKey(_Strict):
     )
     max_concurrent: int | None = Field(
         None, ge=1, description="Requests in flight for this key (default: server.max_concurrent)."
+    )
+    budgets: Budgets = Field(
+        default_factory=Budgets,
+        description="Default budgets for this key's requests (each used where the request "
+        "sets none).",
     )
 
     @model_validator(mode="after")

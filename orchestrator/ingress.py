@@ -118,3 +118,24 @@ def to_query(request: ChatCompletionRequest, config: OrchestratorConfig) -> Quer
         max_energy_j=request.max_energy_j,
     )
     return Query(tuple(messages), sampling, options)
+
+
+BUDGET_FIELDS = ("max_latency_ms", "max_energy_j", "max_cost_usd")
+
+
+def with_key_budgets(
+    request: ChatCompletionRequest, config: OrchestratorConfig, key_name: str | None
+) -> ChatCompletionRequest:
+    """The request with its API key's default budgets (``server.api_keys[].budgets``) filled
+    in where it sets none, field by field; unchanged without a key or key budgets."""
+    if key_name is None:
+        return request
+    key = next((k for k in config.server.api_keys if k.name == key_name), None)
+    if key is None:
+        return request
+    update = {
+        f: getattr(key.budgets, f)
+        for f in BUDGET_FIELDS
+        if getattr(request, f) is None and getattr(key.budgets, f) is not None
+    }
+    return request.model_copy(update=update) if update else request
