@@ -187,6 +187,8 @@ def mount_admin(
             outcome = await service.queue.cancel(job_id)
             if outcome is None:
                 raise NotFoundError(f"no job '{job_id}'", param="job_id")
+            if outcome == "cancelled":  # it never ran: nothing else will delete its upload
+                await asyncio.to_thread(_delete_upload, service, job_id)
             if outcome in TERMINAL and outcome != "cancelled":
                 raise InvalidRequestError(
                     f"job '{job_id}' already {outcome}; only queued or running jobs can be "
@@ -404,6 +406,12 @@ def _write_upload(service: AdminService, job_id: str, text: str) -> str:
     tmp.write_text(text, encoding="utf-8")
     tmp.rename(path)
     return str(path.resolve())
+
+
+def _delete_upload(service: AdminService, job_id: str) -> None:
+    from orchestrator.jobs.worker import uploads_dir
+
+    (uploads_dir(service.config) / f"{job_id}.jsonl").unlink(missing_ok=True)
 
 
 def _check_version(service: AdminService, strategy: str, version: str) -> str:
