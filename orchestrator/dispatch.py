@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -39,12 +39,19 @@ class Attempt:
     error: str | None = None
 
 
-def build_request(expert: ExpertConfig, query: Query) -> GenerationRequest:
+def build_request(
+    expert: ExpertConfig, query: Query, context: Sequence[Message] = ()
+) -> GenerationRequest:
     """The messages an expert sees: its system prompt first, merged with the client's system
     and developer messages into one system message; tool results become user turns (small
-    chat templates know only system/user/assistant)."""
+    chat templates know only system/user/assistant).
+
+    ``context`` (a decision's :attr:`~orchestrator.types.Decision.context`, e.g. retrieved
+    passages) goes right after the expert's system prompt: system messages join the one system
+    message (before the client's), other roles become turns before the conversation."""
     system = [expert.system_prompt] if expert.system_prompt else []
-    turns: list[Message] = []
+    system += [m.content for m in context if m.role in ("system", "developer")]
+    turns: list[Message] = [m for m in context if m.role not in ("system", "developer")]
     for m in query.messages:
         if m.role in ("system", "developer"):
             system.append(m.content)
@@ -160,7 +167,7 @@ class Dispatcher:
             for expert in order:
                 used.add(expert)
                 try:
-                    return expert, await self._call(expert, query, attempts)
+                    return expert, await self._call(expert, query, attempts, decision.context)
                 except InvalidRequestError:
                     raise  # the request is wrong for every expert: do not fall back
                 except OrchestratorError as e:
@@ -173,15 +180,21 @@ class Dispatcher:
         results = await asyncio.gather(*(one(e) for e in decision.experts))
         return list(results), attempts
 
-    async def _call(self, expert: str, query: Query, attempts: list[Attempt]) -> Generation:
+    async def _call(
+        self,
+        expert: str,
+        query: Query,
+        attempts: list[Attempt],
+        context: Sequence[Message] = (),
+    ) -> Generation:
         start = time.perf_counter()
         try:
             backend = self.pool.get(expert)
             if self.pool.scheduler is not None:  # it bounds batches and times each one itself
-                return await self._scheduled(expert, backend, query, attempts, start)
+                return await self._scheduled(expert, backend, query, attempts, start, context)
             async with self.pool.slot(expert):
                 generation = await asyncio.wait_for(
-                    backend.generate_one(build_request(backend.expert, query)),
+                    backend.generate_one(build_request(backend.expert, query, context)),
                     timeout=backend.expert.timeout_s,
                 )
         except TimeoutError:
@@ -201,10 +214,18 @@ class Dispatcher:
         return generation
 
     async def _scheduled(
-        self, expert: str, backend: Backend, query: Query, attempts: list[Attempt], start: float
+        self,
+        expert: str,
+        backend: Backend,
+        query: Query,
+        attempts: list[Attempt],
+        start: float,
+        context: Sequence[Message] = (),
     ) -> Generation:
         assert self.pool.scheduler is not None
-        generation = await self.pool.scheduler.submit(expert, build_request(backend.expert, query))
+        generation = await self.pool.scheduler.submit(
+            expert, build_request(backend.expert, query, context)
+        )
         attempts.append(Attempt(expert, "ok", _ms(start)))
         return generation
 
@@ -227,7 +248,7 @@ class Dispatcher:
                 continue
             slot = self.pool.slot(expert)
             await slot.acquire()
-            request = build_request(backend.expert, query)
+            request = build_request(backend.expert, query, decision.context)
             scheduler = self.pool.scheduler
             iterator = (
                 scheduler.stream(expert, request) if scheduler else backend.stream(request)

@@ -79,6 +79,7 @@ class StrategySet:
         strategy = create_strategy(
             name, self.config.experts, options, artifacts_dir=self.config.artifacts_dir
         )
+        strategy.bind(self.config)
         strategy.setup()
         return strategy
 

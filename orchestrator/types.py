@@ -72,7 +72,9 @@ class Decision:
 
     ``experts`` are the experts to call (one for single-expert strategies, k for ensembles);
     ``candidates`` are every considered expert with its score, best first, and are also the
-    fallback order when a chosen expert fails.
+    fallback order when a chosen expert fails. ``context`` are messages the strategy adds to
+    what every expert it calls sees (retrieved passages, for one): the dispatcher puts them
+    right after the expert's system prompt (:func:`orchestrator.dispatch.build_request`).
     """
 
     strategy: str
@@ -82,6 +84,7 @@ class Decision:
     aggregator: str | None = None
     version: str | None = None
     details: dict[str, object] = field(default_factory=dict, hash=False, compare=False)
+    context: tuple[Message, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,9 +6,10 @@ candidate with its score (best first; also the fallback order) and a human-reada
 the configuration loads. Heavy imports (torch, sentence-transformers) belong inside methods so
 that listing strategies stays cheap.
 
-Lifecycle: 1. constructed with the expert pool and validated options (cheap); 2. :meth:`setup`
-is awaited once (load embeddings, trained artifacts); 3. :meth:`route` is called concurrently
-from worker threads.
+Lifecycle: 1. constructed with the expert pool and validated options (cheap); 2. the server
+calls :meth:`bind` with its whole configuration (strategies that use shared services read them
+there: ExpertRAG's knowledge store at ``redis_url``); 3. :meth:`setup` is called once (load
+embeddings, trained artifacts); 4. :meth:`route` is called concurrently from worker threads.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
-from orchestrator.config import ExpertConfig
+from orchestrator.config import ExpertConfig, OrchestratorConfig
 from orchestrator.types import Candidate, Decision, Query
 
 
@@ -51,6 +52,9 @@ class Strategy(ABC):
         )
         self.artifacts_dir = artifacts_dir
         """Where trained artifacts live (``config.artifacts_dir``); trainable strategies read it."""
+
+    def bind(self, config: OrchestratorConfig) -> None:  # noqa: B027 - optional hook
+        """Receive the service configuration before :meth:`setup` (by default: ignore it)."""
 
     def setup(self) -> None:  # noqa: B027 - optional hook
         """Load what routing needs (embeddings, artifacts). Called once, off the event loop."""
