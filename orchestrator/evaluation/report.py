@@ -41,17 +41,10 @@ def print_report(result: EvalResult, console: Console, *, show_models: int = 12)
         f"({result.target_accuracy:.3f})",
         title_justify="left",
     )
-    for col, just in [
-        ("router", "left"),
-        ("operating point", "left"),
-        ("accuracy", "right"),
-        ("total cost", "right"),
-        ("cost/query", "right"),
-        ("AIQ", "right"),
-        ("cost to 95%", "right"),
-        ("decisions/s", "right"),
-    ]:
-        table.add_column(col, justify=just, no_wrap=col == "router")  # type: ignore[arg-type]
+    table.add_column("router", no_wrap=True)
+    table.add_column("operating point", overflow="fold")
+    for col in ("accuracy", "total cost", "cost/query", "AIQ", "cost to 95%", "decisions/s"):
+        table.add_column(col, justify="right")
 
     def row(
         name: str, knob: str, p: Point, aiq: float | None, to_target: float | None, dps: str
