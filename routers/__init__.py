@@ -20,6 +20,7 @@ STRATEGIES: Registry[Strategy] = Registry(
         "knn": "routers.knn:KNNStrategy",
         "threshold": "routers.threshold:ThresholdStrategy",
         "random": "routers.random_strategy:RandomStrategy",
+        "mot": "routers.mot.strategy:MoTStrategy",
         "moe2": "routers.moe2:Moe2Strategy",
     },
 )

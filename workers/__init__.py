@@ -15,6 +15,7 @@ BACKENDS: Registry[Backend] = Registry(
         "vllm": "workers.vllm_backend:VLLMBackend",
         "replay": "workers.replay:ReplayBackend",
         "echo": "workers.echo:EchoBackend",
+        "mot": "workers.mot_backend:MoTBackend",
     },
 )
 
