@@ -26,6 +26,7 @@ from typing import Any, ClassVar
 import numpy as np
 from pydantic import Field
 
+from orchestrator.errors import ConfigError
 from orchestrator.evaluation.datasets import RoutingDataset, split
 from orchestrator.types import Decision, Query
 from routers.base import StrategyOptions
@@ -145,8 +146,6 @@ class CoEStrategy(TrainableStrategy):
         if opts.fallback is not None:
             fallback = self.model_for(opts.fallback)
             if fallback is None:
-                from orchestrator.errors import ConfigError
-
                 raise ConfigError(
                     f"routing.strategies.coe.fallback: '{opts.fallback}' is neither a served "
                     f"expert nor a recorded model of the artifact ({', '.join(self.models)})"

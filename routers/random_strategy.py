@@ -11,6 +11,7 @@ import numpy as np
 from pydantic import Field
 
 from orchestrator.config import ExpertConfig
+from orchestrator.errors import ConfigError
 from orchestrator.types import Candidate, Decision, Query
 from routers.base import Strategy, StrategyOptions
 
@@ -38,8 +39,6 @@ class RandomStrategy(Strategy):
         names = self.expert_names()
         unknown = sorted(set(opts.experts) - set(names))
         if unknown:
-            from orchestrator.errors import ConfigError
-
             raise ConfigError(
                 f"routing.strategies.random.experts: {unknown} are no experts; valid: {names}"
             )
