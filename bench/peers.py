@@ -94,14 +94,12 @@ def run_server(
     concurrency: int,
     env: dict[str, str] | None = None,
 ) -> LoadResult | None:
-    print(f"-- {name}: starting", flush=True)
-    proc = subprocess.Popen(
-        cmd,
-        cwd=ROOT,
-        env={**os.environ, **(env or {})},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    log = Path(tempfile.gettempdir()) / f"peers-{port}.log"
+    print(f"-- {name}: starting (log {log})", flush=True)
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            cmd, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=out, stderr=subprocess.STDOUT
+        )
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(url, model, proc)
@@ -292,7 +290,7 @@ def main() -> None:
                 "instant",
                 n,
                 c,
-                env={"LITELLM_LOG": "ERROR"},
+                env={"LITELLM_LOG": "ERROR", "LITELLM_MASTER_KEY": "sk-bench"},
             )
             if litellm.exists()
             else None
