@@ -498,7 +498,7 @@ def _train_gate(
         {name: torch.nn.Linear(opts.hidden, m) for name in ("gate", "quality", "cost")}
     )
     params = [*trunk.parameters(), *heads.parameters()]
-    optimizer = torch.optim.Adam(params, lr=opts.lr, weight_decay=opts.weight_decay)
+    step = _adam(torch, params, opts.lr, opts.weight_decay)
     eps = opts.smoothing
 
     def tensors(a: np.ndarray, part: RoutingDataset) -> tuple[Any, Any, Any]:
@@ -544,9 +544,10 @@ def _train_gate(
         for start in range(0, len(xt), batch):
             idx = order[start : start + batch]
             mixture, bce, mse = losses(xt[idx], st[idx], zt[idx])
-            optimizer.zero_grad()
+            for p in params:
+                p.grad = None
             (mixture + bce + mse).backward()
-            optimizer.step()
+            step()
         if val is None:
             continue
         trunk.eval()
@@ -566,6 +567,30 @@ def _train_gate(
     if val is None or best_weights is None:
         return export(), limit, best_curve
     return best_weights, best_epoch, best_curve
+
+
+def _adam(torch: Any, params: list[Any], lr: float, weight_decay: float) -> Any:
+    """Adam with L2 weight decay (as ``torch.optim.Adam(weight_decay=...)``), written out
+    because every ``torch.optim`` constructor imports ``torch._dynamo``: 2–7 s here, more than
+    the whole training of this net."""
+    beta1, beta2, eps = 0.9, 0.999, 1e-8
+    m = [torch.zeros_like(p) for p in params]
+    v = [torch.zeros_like(p) for p in params]
+    t = [0]
+
+    def step() -> None:
+        t[0] += 1
+        c1, c2 = 1 - beta1 ** t[0], 1 - beta2 ** t[0]
+        with torch.no_grad():
+            for p, m_p, v_p in zip(params, m, v, strict=True):
+                if p.grad is None:
+                    continue
+                g = p.grad + weight_decay * p if weight_decay else p.grad
+                m_p.mul_(beta1).add_(g, alpha=1 - beta1)
+                v_p.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+                p.addcdiv_(m_p / c1, (v_p / c2).sqrt_().add_(eps), value=-lr)
+
+    return step
 
 
 def _hidden(net: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
