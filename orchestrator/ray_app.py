@@ -19,7 +19,8 @@ The deployment graph (one Serve application)::
   model). Its replicas take the group's ``resources`` (the largest of its members' values):
   ``num_cpus``, ``num_gpus``, ``memory_gb``, ``num_replicas`` (or ``"auto"`` →
   ``autoscaling_config`` from ``min_replicas``/``max_replicas``); ``max_ongoing_requests`` is the
-  sum of the members' ``max_concurrency``. An expert that fails to load leaves its replica up
+  sum of the members' ``max_concurrency``. Ingress and router reserve no CPU and take at least
+  256 requests at once (:func:`front_options`). An expert that fails to load leaves its replica up
   and reports itself unavailable, as in one process; Serve's health check replaces a replica
   only when a loaded backend turns unhealthy (a dead engine).
 
@@ -64,6 +65,18 @@ GiB = 2**30
 # Ingress and router do little CPU work per request; reserving none lets them share the node
 # with experts (each Serve replica otherwise reserves a whole CPU).
 LIGHT_ACTOR = {"num_cpus": 0}
+MIN_FRONT_ONGOING = 256
+
+
+def front_options(config: OrchestratorConfig) -> dict[str, Any]:
+    """Options of the ingress and the router: no CPU reserved, and room for every request the
+    experts can take at once (Serve's default of 5 in flight per replica would queue a gateway;
+    per-expert limits are enforced by the ingress's pool)."""
+    total = sum(e.max_concurrency for e in config.experts)
+    return {
+        "ray_actor_options": dict(LIGHT_ACTOR),
+        "max_ongoing_requests": max(MIN_FRONT_ONGOING, total),
+    }
 
 
 class AppArgs(BaseModel):
@@ -127,12 +140,9 @@ def build_application(config: OrchestratorConfig) -> Application:
         .bind(config, [m.name for m in members])
         for name, members in expert_groups(config).items()
     }
-    router = _deployment(Router).options(name="router", ray_actor_options=LIGHT_ACTOR).bind(config)
-    return (
-        _deployment(Ingress)
-        .options(name="ingress", ray_actor_options=LIGHT_ACTOR)
-        .bind(config, router, experts)
-    )
+    front = front_options(config)
+    router = _deployment(Router).options(name="router", **front).bind(config)
+    return _deployment(Ingress).options(name="ingress", **front).bind(config, router, experts)
 
 
 def _deployment(decorated: object) -> Deployment:
@@ -441,8 +451,8 @@ def serve_config(
     the same config on the cluster (the deployments' names come from it).
     """
     deployments: list[dict[str, Any]] = [
-        {"name": "ingress", "ray_actor_options": dict(LIGHT_ACTOR)},
-        {"name": "router", "ray_actor_options": dict(LIGHT_ACTOR)},
+        {"name": "ingress", **front_options(config)},
+        {"name": "router", **front_options(config)},
     ]
     for group, members in expert_groups(config).items():
         deployments.append({"name": group, **deployment_options(members)})

@@ -174,8 +174,9 @@ class VLLMBackend(Backend):
     async def load(self) -> None:
         """Start (or join) the engine. Raises :class:`ConfigError` for a bad engine argument."""
         if self._shared is None:
-            kwargs = engine_args(
-                self.expert, str(await asyncio.to_thread(materialize, self.expert.model))
+            # Off the event loop: materialize may convert a GGUF, and importing vllm takes ≈15 s.
+            kwargs = await asyncio.to_thread(
+                lambda: engine_args(self.expert, str(materialize(self.expert.model)))
             )
             key = json.dumps(kwargs, sort_keys=True, default=str)
             self._shared = await asyncio.to_thread(_acquire, key, kwargs)

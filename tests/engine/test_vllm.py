@@ -119,10 +119,10 @@ async def test_too_long_prompt_is_a_context_window_error(backend: VLLMBackend) -
     assert e.value.code == "context_length_exceeded" and "smol" in e.value.message
 
 
-async def test_sleep_on_cpu_pauses_scheduling_and_wakes_on_demand(backend: VLLMBackend) -> None:
+async def test_sleep_without_sleep_mode_pauses_and_wakes_on_demand(backend: VLLMBackend) -> None:
     with pytest.raises(ConfigError, match="enable_sleep_mode"):
-        await backend.sleep(level=1)  # frees memory only with sleep mode, which CPUs lack
-    await backend.sleep()  # level 0 here: the scheduler pauses, memory stays
+        await backend.sleep(level=1)  # frees memory only with sleep mode (CUDA only)
+    await backend.sleep()  # level 0: the scheduler pauses, memory stays
     assert await backend.is_sleeping()
     g = await backend.generate_one(ask("What is the capital of France?"))
     assert "Paris" in g.text and not await backend.is_sleeping()
@@ -173,7 +173,11 @@ async def test_engine_arguments_defaults_and_overrides() -> None:
     args = engine_args(EXPERT, "/models/x")
     assert args["model"] == "/models/x" and args["max_model_len"] == 1024
     assert args["distributed_executor_backend"] == "uni" and args["disable_log_stats"]
-    assert args["dtype"] == "float32" and args["enforce_eager"]  # CPU defaults
+    if vllm_backend._on_cpu():
+        assert args["dtype"] == "float32" and args["enforce_eager"]
+        assert args["kv_cache_memory_bytes"] == 2**30
+    else:
+        assert "dtype" not in args and "enforce_eager" not in args
     custom = EXPERT.model_copy(
         update={"engine": {"dtype": "bfloat16", "tensor_parallel_size": 2, "chat_template": "x"}}
     )
