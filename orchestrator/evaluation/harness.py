@@ -257,6 +257,8 @@ class Harness:
     def evaluate_strategy(self, name: str) -> StrategyResult:
         cls = get_strategy_class(name)
         options = dict(self.options.get(name, {}))
+        if "seed" in cls.Options.model_fields:  # reproducible runs: the split's seed by default
+            options.setdefault("seed", self.settings["seed"])
         task = None
         if self.progress is not None:
             task = self.progress.add_task(f"{name}: training and sweeping", total=3)
