@@ -13,6 +13,8 @@ from rich.console import Console
 
 from orchestrator.evaluation.commands import eval_command, train_command
 from orchestrator.jobs.cli import app as jobs_app
+from orchestrator.kb.commands import eval_rag_command, kb_app
+from orchestrator.profiling import profile_command
 
 app = typer.Typer(
     help="expert-orchestrator: one OpenAI-compatible endpoint for many experts.",
@@ -328,7 +330,12 @@ def strategies() -> None:
 # Recorded-outcome evaluation and training of routing strategies (orchestrator/evaluation/).
 app.command("eval")(eval_command)
 app.command("train")(train_command)
+# Latency/energy profiles of live experts, written into a config copy (orchestrator/profiling.py).
+app.command("profile")(profile_command)
 app.add_typer(jobs_app, name="jobs")
+# The knowledge store and ExpertRAG's evaluation (orchestrator/kb/).
+app.add_typer(kb_app, name="kb")
+app.command("eval-rag")(eval_rag_command)
 
 
 def main() -> None:
