@@ -66,7 +66,17 @@ class StrategySet:
             if strategy is None:
                 promoted = self._read_promoted()
                 version = promoted.get(name) if promoted else None
-                strategy = self._build(name, version)
+                try:
+                    strategy = self._build(name, version)
+                except Exception:
+                    if version is None:
+                        raise
+                    # A promotion this replica cannot build (say, its artifact is missing on
+                    # this volume) must not stop routing: serve the configured one meanwhile.
+                    log.exception("strategy %s: cannot build promoted %s", name, version)
+                    self._failed[name] = version
+                    version = None
+                    strategy = self._build(name, None)
                 self._strategies[name] = strategy
                 self._built_for[name] = version
             return strategy

@@ -42,7 +42,13 @@ def main() -> None:
     )
     from orchestrator.jobs.work import run_job
 
-    sys.exit(run_job(payload))
+    code = run_job(payload)
+    # The result is in Redis and the artifact on disk: skip the interpreter's teardown (torch
+    # and tokenizer threads make it take seconds) so the job's slot frees at once.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

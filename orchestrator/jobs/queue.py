@@ -9,7 +9,7 @@ Keys (namespace ``eo``, :class:`~orchestrator.store.RedisStore`)::
     eo:jobs:job:<id>      hash   status, request, progress, stage, metrics, version, error,
                                  attempts, timestamps, worker, pid, cancel
     eo:jobs:logs:<id>     list   the newest ``jobs.max_log_lines`` log lines
-    eo:jobs:lease:<id>    string the worker that runs it, expiring after ``jobs.lease_s``
+    eo:jobs:lease:<id>    string ``<worker>#<attempt>`` running it, expiring after ``jobs.lease_s``
 
 Life of a job: ``queued`` → (claim) ``running`` → ``succeeded`` | ``failed`` | ``cancelled``.
 Every transition is one Lua script, so two replicas never claim one job and the concurrency
@@ -59,8 +59,8 @@ while true do
   local job = ARGV[1] .. 'job:' .. id
   if redis.call('HGET', job, 'status') == 'queued' then
     redis.call('SADD', KEYS[2], id)
-    redis.call('SET', ARGV[1] .. 'lease:' .. id, ARGV[3], 'PX', ARGV[4])
     local attempt = redis.call('HINCRBY', job, 'attempts', 1)
+    redis.call('SET', ARGV[1] .. 'lease:' .. id, ARGV[3] .. '#' .. attempt, 'PX', ARGV[4])
     redis.call('HSET', job, 'status', 'running', 'worker', ARGV[3], 'started_at', ARGV[5],
       'stage', 'starting', 'progress', '0')
     redis.call('HDEL', job, 'pid')
@@ -164,7 +164,7 @@ return 1
 """
 )
 
-# ARGV: prefix, id, worker, lease_ms.  -1: the lease is lost; 1: cancel requested; 0: renewed
+# ARGV: prefix, id, owner (worker#attempt), lease_ms.  -1: lost; 1: cancel requested; 0: renewed
 HEARTBEAT = """
 local lease = ARGV[1] .. 'lease:' .. ARGV[2]
 if redis.call('GET', lease) ~= ARGV[3] then return -1 end
@@ -352,9 +352,12 @@ class JobQueue:
             return None
         return str(got[0]), int(got[1])
 
-    async def heartbeat(self, job_id: str, worker: str) -> int:
-        """Renew the lease: 0 renewed, 1 renewed and a cancel was requested, -1 lost."""
-        return int(await self._heartbeat(args=[self.keys.prefix, job_id, worker, self._lease_ms]))
+    async def heartbeat(self, job_id: str, worker: str, attempt: int) -> int:
+        """Renew the lease of this ``attempt``: 0 renewed, 1 renewed and a cancel was
+        requested, -1 lost (the lease names the attempt: a worker that re-claimed the job
+        after losing it does not keep the old attempt alive)."""
+        owner = f"{worker}#{attempt}"
+        return int(await self._heartbeat(args=[self.keys.prefix, job_id, owner, self._lease_ms]))
 
     async def recover(self, reason: str = RESTART_REASON) -> dict[str, str]:
         """Re-queue (or fail, after ``max_attempts``) every running job whose lease expired."""

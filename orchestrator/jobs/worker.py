@@ -33,12 +33,15 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.config import OrchestratorConfig
+from orchestrator.jobs.models import TERMINAL
 from orchestrator.jobs.queue import JobQueue
 from orchestrator.store import RedisStore
 
 log = logging.getLogger(__name__)
 
 STOP_GRACE_S = 5.0
+EXIT_WAIT_S = 60.0
+"""How long a run that recorded its result may take to exit before it is stopped."""
 
 
 class Execution(ABC):
@@ -267,18 +270,11 @@ class JobRunner:
                     await self._ended(job_id, attempt, code)
                     return
                 try:
-                    beat = await self.queue.heartbeat(job_id, self.worker_id)
+                    beat = await self.queue.heartbeat(job_id, self.worker_id, attempt)
                 except (redis.RedisError, OSError):
                     continue  # the lease may lapse; recovery then re-runs the job elsewhere
                 if beat == -1:
-                    # Either the run just recorded its result (which drops the lease) and is
-                    # exiting, or the lease lapsed and recovery handed the job to another run.
-                    code = await execution.wait(STOP_GRACE_S)
-                    if code is None:
-                        log.warning("job %s: lease lost (re-queued); stopping this run", job_id)
-                        await execution.stop()
-                    else:
-                        await self._ended(job_id, attempt, code)
+                    await self._lease_gone(job_id, attempt, execution)
                     return
                 if beat == 1:
                     await execution.stop()
@@ -312,6 +308,19 @@ class JobRunner:
                     {"error": f"could not run: {type(e).__name__}: {e}"},
                     log=f"failed: could not run: {e}",
                 )
+
+    async def _lease_gone(self, job_id: str, attempt: int, execution: Execution) -> None:
+        """The lease vanished: either this run recorded its result (which drops the lease) and
+        its process is exiting, or the lease lapsed and recovery gave the job to another run."""
+        fields = await self.queue.get(job_id, log_lines=0) or {}
+        if fields.get("attempts") == str(attempt) and fields.get("status") in TERMINAL:
+            code = await execution.wait(EXIT_WAIT_S)
+            if code is None:
+                await execution.stop()
+            await self._cleanup(job_id)
+            return
+        log.warning("job %s: attempt %d lost its lease (re-queued); stopping it", job_id, attempt)
+        await execution.stop()
 
     async def _ended(self, job_id: str, attempt: int, code: int) -> None:
         """The run ended with ``code``. It recorded its own result unless it crashed: then this

@@ -152,11 +152,12 @@ async def test_cancel_queued_running_and_finished_jobs(store: RedisStore) -> Non
     queue = JobQueue(store, jobs_config())
     running, queued, done = [await queue.submit("coe", {}, SPEC) for _ in range(3)]
     assert await queue.claim("w") == (running, 1)
-    assert await queue.heartbeat(running, "w") == 0
+    assert await queue.heartbeat(running, "w", 1) == 0
     assert await queue.cancel(queued) == "cancelled"
     assert await queue.cancel(running) == "cancelling"
-    assert await queue.heartbeat(running, "w") == 1  # the worker learns of it
-    assert await queue.heartbeat(running, "someone-else") == -1
+    assert await queue.heartbeat(running, "w", 1) == 1  # the worker learns of it
+    assert await queue.heartbeat(running, "someone-else", 1) == -1
+    assert await queue.heartbeat(running, "w", 2) == -1  # not this attempt's lease
     assert await queue.finish(running, 1, "cancelled")  # what the worker then records
     await store.client.rpush(queue.keys.queue, "job_expired")  # an id whose hash is gone
     assert await queue.claim("w") == (done, 1)  # skips it; the cancelled one left the queue
@@ -315,6 +316,47 @@ async def test_runner_stops_a_cancelled_run(store: RedisStore, tmp_path: Path) -
         await runner.stop()
 
 
+async def test_runner_waits_for_a_finished_run_to_exit_then_deletes_its_upload(
+    store: RedisStore, tmp_path: Path, redis_url: str
+) -> None:
+    runner, executor = runner_for(store, tmp_path)
+    job_id = await runner.queue.submit("coe", {}, SPEC)
+    upload = tmp_path / ".uploads" / f"{job_id}.jsonl"
+    upload.parent.mkdir()
+    upload.write_text("{}")
+    await runner.start()
+    try:
+        await until(lambda: executor.started)
+        child = JobReporter(redis_url, store.namespace, job_id, 1, runner.config.jobs)
+        assert child.finish("succeeded", "done", version="v0001")  # drops the lease...
+        child.close()
+        await asyncio.sleep(0.5)  # ...and the process takes a while to exit
+        execution = executor.started[0][1]
+        assert not execution.stopped and upload.exists()
+        execution.exit(0)
+        await until(lambda: not upload.exists())
+        assert not execution.stopped and await status(runner.queue, job_id) == "succeeded"
+    finally:
+        await runner.stop()
+
+
+async def test_runner_stops_a_run_that_lost_its_lease(store: RedisStore, tmp_path: Path) -> None:
+    runner, executor = runner_for(store, tmp_path)
+    job_id = await runner.queue.submit("coe", {}, SPEC)
+    await runner.start()
+    try:
+        await until(lambda: executor.started)
+        # The lease lapsed (say, a long pause) and another replica re-queued the job.
+        other = JobQueue(store, jobs_config())
+        await store.client.delete(runner.queue.keys.lease(job_id))
+        await other.recover()
+        await until(lambda: executor.started[0][1].stopped)
+        await until(lambda: len(executor.started) == 2)  # and this runner claims it again
+        assert executor.started[1][0]["attempt"] == 2
+    finally:
+        await runner.stop()
+
+
 async def test_runner_shutdown_puts_running_jobs_back(store: RedisStore, tmp_path: Path) -> None:
     runner, executor = runner_for(store, tmp_path)
     job_id = await runner.queue.submit("coe", {}, SPEC)
@@ -465,12 +507,14 @@ async def test_requests_trigger_the_swap_off_the_request_path(swap_setup: Any) -
         await store.close()
 
 
-def test_a_server_started_after_a_promotion_serves_it_and_redis_down_changes_nothing(
+def test_a_replica_started_after_a_promotion_serves_it_else_its_configured_version(
     swap_setup: Any,
 ) -> None:
     config, url = swap_setup
     redis.Redis.from_url(url).hset("eo:routers:promoted", "pick", "v0002")
     assert StrategySet(config()).get("pick").route([QUERY])[0].version == "v0002"
+    redis.Redis.from_url(url).hset("eo:routers:promoted", "pick", "v0005")  # not on this disk
+    assert StrategySet(config()).get("pick").route([QUERY])[0].version == "v0001"  # configured
     down = StrategySet(config(redis_url="redis://127.0.0.1:1/0"))
     assert down.get("pick").route([QUERY])[0].version == "v0001"  # configured artifact
     assert down.refresh() == []

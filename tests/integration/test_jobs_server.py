@@ -31,6 +31,7 @@ from typer.testing import CliRunner
 from orchestrator.cli import app as cli
 from orchestrator.evaluation.datasets import RoutingDataset, load_dataset, sample, split
 from orchestrator.evaluation.harness import replay_experts
+from orchestrator.sdk import Client
 from tests.server import running_server
 
 LIMIT = 120
@@ -182,6 +183,11 @@ def test_metrics_plot_and_version_of_the_finished_job(
     assert v1["metrics"]["evaluation"]["accuracy"] == m["accuracy"]
     assert v1["dataset"]["name"] == "routerbench" and v1["dataset"]["rows"] == len(train)
 
+    with Client(server) as sdk:  # the SDK reads the same routes
+        got = sdk.admin.jobs.get(killed["id"])
+        assert got.done and got.version == "v0001" and got.metrics == m
+        assert killed["id"] in [x.id for x in sdk.admin.jobs.list()]
+
     runner = CliRunner()
     shown = runner.invoke(cli, ["jobs", "show", killed["id"], "--url", server])
     assert shown.exit_code == 0, shown.output
@@ -260,7 +266,8 @@ def test_promotion_and_rollback_under_load_fail_no_request(
     runner = CliRunner()
     first = runner.invoke(cli, ["jobs", "promote", "coe", "v0001", "--url", server])
     assert first.exit_code == 0 and "→ v0001" in first.output, first.output
-    _, test = split(routerbench, 0.3, seed=0, salt="test")
+    complete, _ = routerbench.complete()  # every replay expert has an answer for these
+    _, test = split(complete, 0.3, seed=0, salt="test")
     prompts = test.prompts[:40]
 
     def chat(client: httpx.Client, prompt: str) -> httpx.Response:
