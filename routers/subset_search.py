@@ -23,12 +23,14 @@ How it is solved (:func:`branch_and_bound`):
   (max over members ≤ budget ⇔ each member ≤ budget); likewise members whose energy or cost
   alone exceeds the budget. Members with ``v_i = 0`` can never raise Q and are dropped.
 * What remains is a 0/1 knapsack with two capacities (energy, cost) and a cardinality
-  limit. Depth-first search over members sorted by ``g`` (include branch first, so a good
-  incumbent is found at once); a branch is pruned when its upper bound cannot beat the
-  incumbent. The bound is the tightest of three relaxations of the remaining members that
-  still fit: the ``max_experts − |S|`` largest ``g`` (cardinality), and the fractional
-  (LP-relaxed) knapsack on energy and on cost separately. Infeasible branches (a budget
-  already exceeded) are never entered.
+  limit. Depth-first search, include branch first, over members sorted by ``g`` per unit of
+  budget-normalised resource (``e_i/E + c_i/C``; plain ``g`` without those budgets) — the
+  order in which the LP relaxation fills the knapsack, so the first dive finds a near-optimal
+  incumbent (Horowitz–Sahni). A branch is pruned when its upper bound cannot beat the
+  incumbent. The bound is the tightest of: the sum of every ``g`` left; the ``max_experts −
+  |S|`` largest ``g`` that still fit (cardinality); and the fractional (LP-relaxed) knapsack on
+  energy and on cost separately. Infeasible branches (a budget already exceeded) are never
+  entered. ``python -m bench.moe2_search`` measures nodes and time on 8–32 experts.
 * With an aggregator overhead, singletons (no aggregation) and subsets of two or more (budgets
   reduced by the overhead) are solved separately and the better one kept.
 
@@ -213,24 +215,33 @@ class _Search:
         # Orders for the fractional-knapsack bounds: best g per unit of resource first.
         self.by_e = sorted(range(n), key=lambda j: -(g[j] / energy[j]) if energy[j] > 0 else -1e300)
         self.by_c = sorted(range(n), key=lambda j: -(g[j] / cost[j]) if cost[j] > 0 else -1e300)
+        self.by_g = sorted(range(n), key=lambda j: -g[j])
+        self.suffix = [sum(g[j:]) for j in range(n + 1)]  # cheapest bound: all that is left
         self.best_g = -1.0
         self.best_key: tuple[float, ...] = ()
         self.best: list[int] = []
         self.nodes = 0
         self.chosen: list[int] = []
 
-    def _bound(self, i: int, e_rem: float, c_rem: float, k_rem: int) -> float:
+    def _bound(self, i: int, e_rem: float, c_rem: float, k_rem: int, need: float) -> float:
+        """An upper bound on the g still addable from members ``i:``; stops early once a
+        relaxation proves it below ``need`` (then the branch is pruned anyway)."""
         g, e, c = self.g, self.e, self.c
-        n = len(g)
-        fits = [j for j in range(i, n) if e[j] <= e_rem + _EPS and c[j] <= c_rem + _EPS]
-        bound = sum(g[j] for j in fits[:k_rem])  # g sorted descending: the k largest
-        fit_set = set(fits)
+        bound, count = 0.0, 0
+        for j in self.by_g:  # the k_rem largest g among the members left that fit
+            if j >= i and e[j] <= e_rem + _EPS and c[j] <= c_rem + _EPS:
+                bound += g[j]
+                count += 1
+                if count == k_rem:
+                    break
+        if bound < need:
+            return bound
         for order, weight, cap in ((self.by_e, e, e_rem), (self.by_c, c, c_rem)):
             if math.isinf(cap):
                 continue
             total, room = 0.0, cap
             for j in order:
-                if j not in fit_set:
+                if j < i or e[j] > e_rem + _EPS or c[j] > c_rem + _EPS:
                     continue
                 if weight[j] <= room:
                     total += g[j]
@@ -238,7 +249,10 @@ class _Search:
                 else:
                     total += g[j] * room / weight[j]
                     break
-            bound = min(bound, total)
+            if total < bound:
+                bound = total
+                if bound < need:
+                    return bound
         return bound
 
     def run(self) -> None:
@@ -258,7 +272,8 @@ class _Search:
             return
         e_rem, c_rem = self.max_e - e_sum, self.max_c - c_sum
         # Ties must still be explored (a cheaper subset of equal quality wins), hence "<".
-        if g_sum + self._bound(i, e_rem, c_rem, self.max_k - k) < self.best_g - 1e-12:
+        need = self.best_g - 1e-12 - g_sum
+        if self.suffix[i] < need or self._bound(i, e_rem, c_rem, self.max_k - k, need) < need:
             return
         if self.e[i] <= e_rem + _EPS and self.c[i] <= c_rem + _EPS:
             self.chosen.append(i)
@@ -289,7 +304,19 @@ def _solve(
         return [], 1
     # Sort by g descending; among equal g, cheaper first (so the include-first search meets
     # the tie-break winner early), then by index.
-    keep.sort(key=lambda i: (-values[i], cost[i], energy[i], latency[i], i))
+    # Branch in order of value per unit of (budget-normalised) resource, the order in which
+    # the LP relaxation fills the knapsack: the include-first dive then finds a near-optimal
+    # incumbent at once and the bounds prune early (Horowitz–Sahni). Without energy and cost
+    # budgets that is plain value order.
+    e_cap = math.inf if budget.max_energy_j is None else max(budget.max_energy_j, _EPS)
+    c_cap = math.inf if budget.max_cost_usd is None else max(budget.max_cost_usd, _EPS)
+
+    def ratio(i: int) -> float:
+        g_i = -math.log1p(-min(values[i], _MAX_V))
+        used = energy[i] / e_cap + cost[i] / c_cap
+        return g_i / used if used > 0 else math.inf
+
+    keep.sort(key=lambda i: (-ratio(i), -values[i], cost[i], energy[i], latency[i], i))
     g = [-math.log1p(-min(values[i], _MAX_V)) for i in keep]
     inf = math.inf
     search = _Search(

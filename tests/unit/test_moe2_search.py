@@ -52,7 +52,7 @@ def test_branch_and_bound_finds_the_exhaustive_optimum(seed: int) -> None:
         )
         if bnb.members:
             assert is_feasible(latency, energy, cost, bnb.members, budget, overhead)
-            assert bnb.nodes <= 2 ** (n + 1)
+            assert bnb.nodes < 2 * 2 ** (n + 1)  # two searches when an aggregator adds overhead
         assert ref.nodes == 2**n
 
 
