@@ -22,6 +22,7 @@ STRATEGIES: Registry[Strategy] = Registry(
         "random": "routers.random_strategy:RandomStrategy",
         "mot": "routers.mot.strategy:MoTStrategy",
         "moe2": "routers.moe2:Moe2Strategy",
+        "symbolic-moe": "routers.symbolic_moe:SymbolicMoEStrategy",
     },
 )
 

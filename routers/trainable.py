@@ -102,6 +102,12 @@ class TrainableStrategy(Strategy):
         return []
 
     @classmethod
+    def eval_variants(cls, options: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        """Named option overrides that ``orchestrator eval`` also measures on test, at the
+        chosen knob, as descriptions (never used to choose anything). None by default."""
+        return {}
+
+    @classmethod
     def train(
         cls,
         data: RoutingDataset,

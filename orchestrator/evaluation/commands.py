@@ -98,7 +98,7 @@ def eval_command(
     path: PathOpt = None,
     strategies: Annotated[
         str, typer.Option("--strategies", "-s", help="Comma-separated registered strategies.")
-    ] = "coe,knn,threshold,random",
+    ] = "coe,knn,threshold,random,symbolic-moe",
     option: OptionOpt = None,
     test_fraction: TestFractionOpt = 0.3,
     valid_fraction: Annotated[
@@ -124,6 +124,7 @@ def eval_command(
     results.json and PNG plots per dataset and prints a table."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from orchestrator.evaluation.ensemble import print_ensembles
     from orchestrator.evaluation.harness import Harness, warm_embeddings
     from orchestrator.evaluation.report import plot, print_report, write_json
     from routers.artifacts import ArtifactStore
@@ -156,6 +157,7 @@ def eval_command(
             result = harness.run(names)
         folder = out / data.name
         print_report(result, console, show_models=show_models)
+        print_ensembles(result, console)
         written = [write_json(result, folder / "results.json"), *plot(result, folder)]
         console.print("[dim]wrote " + ", ".join(str(p) for p in written) + "[/dim]")
     if store is not None:

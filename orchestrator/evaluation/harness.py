@@ -34,6 +34,7 @@ from rich.progress import Progress, TaskID
 
 from orchestrator.config import ExpertConfig
 from orchestrator.evaluation.datasets import RoutingDataset, split
+from orchestrator.evaluation.ensemble import ensemble_point, recorded_choices
 from orchestrator.evaluation.metrics import (
     Point,
     aiq,
@@ -43,14 +44,14 @@ from orchestrator.evaluation.metrics import (
     operating_point,
     oracle_choices,
 )
-from orchestrator.types import Message, Query
+from orchestrator.types import Decision, Message, Query
 from routers import get_strategy_class
 from routers.artifacts import ArtifactStore
 from routers.base import Strategy
 from routers.embeddings import get_embedder
 from routers.trainable import TrainableStrategy
 
-DEFAULT_STRATEGIES = ("coe", "knn", "threshold", "random")
+DEFAULT_STRATEGIES = ("coe", "knn", "threshold", "random", "symbolic-moe")
 TARGET_SHARE = 0.95
 
 
@@ -68,6 +69,8 @@ class StrategyResult:
     train_metrics: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     hull: list[list[float]] = field(default_factory=list)
+    variants: dict[str, Point] = field(default_factory=dict)
+    """Named option overrides measured on test as descriptions (e.g. Symbolic-MoE's fixed k)."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -83,6 +86,11 @@ class StrategyResult:
             "artifact": self.artifact,
             "train_metrics": self.train_metrics,
             "timings": self.timings,
+            **(
+                {"variants": {k: p.as_dict() for k, p in self.variants.items()}}
+                if self.variants
+                else {}
+            ),
         }
 
 
@@ -215,20 +223,46 @@ class Harness:
         self.progress = progress
         self.experts = replay_experts(data)
         self.expert_models = {e.name: i for i, e in enumerate(self.experts)}
+        self._parsed: dict[str, np.ndarray | None] = {}
 
     # -- running strategies ----------------------------------------------------------------------
 
-    def choices(self, strategy: Strategy, data: RoutingDataset) -> tuple[np.ndarray, float]:
-        """The recorded-model index each decision picks on ``data``, and the routing seconds."""
+    def decide(self, strategy: Strategy, data: RoutingDataset) -> tuple[list[Decision], float]:
+        """The strategy's decisions on ``data``, and the routing seconds."""
         queries = [Query(messages=(Message("user", p),)) for p in data.prompts]
         start = time.perf_counter()
         decisions = strategy.route(queries)
-        seconds = time.perf_counter() - start
+        return decisions, time.perf_counter() - start
+
+    def choices(self, strategy: Strategy, data: RoutingDataset) -> tuple[np.ndarray, float]:
+        """The recorded-model index each decision picks on ``data``, and the routing seconds."""
+        decisions, seconds = self.decide(strategy, data)
         return np.array([self.expert_models[d.experts[0]] for d in decisions]), seconds
 
+    def measure(
+        self, strategy: Strategy, data: RoutingDataset, knob: float | None
+    ) -> tuple[Point, float]:
+        """The operating point on ``data`` and the routing seconds. Decisions that call several
+        experts, or recruit a varying number (``details['recruited']``: Symbolic-MoE), are
+        scored by the weighted-vote approximation of their aggregator, with its cost
+        (:mod:`orchestrator.evaluation.ensemble`)."""
+        decisions, seconds = self.decide(strategy, data)
+        if any(len(d.experts) > 1 or "recruited" in d.details for d in decisions):
+            point, _ = ensemble_point(
+                decisions, self.expert_models, data, knob, self._recorded_choices(data)
+            )
+            return point, seconds
+        choice = np.array([self.expert_models[d.experts[0]] for d in decisions])
+        return operating_point(choice, data.scores, data.costs, knob), seconds
+
+    def _recorded_choices(self, data: RoutingDataset) -> np.ndarray | None:
+        key = data.fingerprint()
+        if key not in self._parsed:
+            self._parsed[key] = recorded_choices(data)
+        return self._parsed[key]
+
     def point(self, strategy: Strategy, data: RoutingDataset, knob: float | None) -> Point:
-        choice, _ = self.choices(strategy, data)
-        return operating_point(choice, data.scores, data.costs, knob)
+        return self.measure(strategy, data, knob)[0]
 
     def _instance(
         self,
@@ -265,8 +299,7 @@ class Harness:
         if not issubclass(cls, TrainableStrategy):
             strategy = cls(self.experts, options)
             strategy.setup()
-            choice, seconds = self.choices(strategy, self.test)
-            headline = operating_point(choice, self.test.scores, self.test.costs)
+            headline, seconds = self.measure(strategy, self.test, None)
             self._done(task)
             return StrategyResult(
                 name,
@@ -295,8 +328,13 @@ class Harness:
             else []
         )
         strategy = self._instance(cls, options, artifact, chosen)
-        choice, seconds = self.choices(strategy, self.test)
-        headline = operating_point(choice, self.test.scores, self.test.costs, chosen)
+        headline, seconds = self.measure(strategy, self.test, chosen)
+        variants = {
+            label: self.point(
+                self._instance(cls, {**options, **override}, artifact, chosen), self.test, chosen
+            )
+            for label, override in cls.eval_variants(options).items()
+        }
         self._done(task)
         return StrategyResult(
             name,
@@ -311,6 +349,7 @@ class Harness:
                 "fingerprint": artifact.meta["dataset"]["fingerprint"],
             },
             train_metrics=artifact.meta.get("metrics", {}),
+            variants=variants,
             timings={
                 "fit_s": round(fit_s, 3),
                 "route_s": round(seconds, 4),

@@ -33,9 +33,14 @@ class Point:
     total_cost: float
     mean_cost: float
     n: int
+    experts_per_query: float | None = None
+    """Multi-expert decisions (Symbolic-MoE): mean experts recruited per query."""
+    upper_accuracy: float | None = None
+    """Multi-expert decisions: accuracy if the aggregator always found a right answer offered."""
 
     def as_dict(self) -> dict[str, float | int | None]:
-        return asdict(self)
+        extra = ("experts_per_query", "upper_accuracy")
+        return {k: v for k, v in asdict(self).items() if k not in extra or v is not None}
 
 
 def operating_point(
