@@ -22,7 +22,10 @@ strategy (:meth:`StrategySet.decide_batch`), then answered through the same pipe
 server (fallback, aggregation, routing trace), every expert call going through the
 :class:`~orchestrator.schedule.ExpertScheduler` in one window: grouped by expert, each group one
 ``generate`` batch (up to ``max_batch_size``), each expert loaded at most once per chunk under
-the memory budget. Fallbacks and aggregator calls run in later rounds.
+the memory budget. Fallbacks and aggregator calls run in later rounds; the aggregator calls
+of multi-expert lines (Symbolic-MoE: k recruited experts, then an aggregator expert) are held
+into one round of their own (:meth:`ExpertScheduler.hold_next_window`), so each recruited
+expert is loaded once for the chunk and the aggregator once more after them.
 """
 
 from __future__ import annotations
@@ -251,6 +254,15 @@ async def run_batch(
                 scheduler.hold_window(
                     sum(len(r.decision.experts) for r in routed), timeout_s=HOLD_TIMEOUT_S
                 )
+                # Lines with several experts and an aggregator (Symbolic-MoE) call the
+                # aggregator once their experts answered: all such calls form the next round.
+                aggregated = sum(
+                    len(r.decision.experts) > 1
+                    and r.decision.aggregator in orchestrator.pool.backends
+                    for r in routed
+                )
+                if aggregated:
+                    scheduler.hold_next_window(aggregated, timeout_s=HOLD_TIMEOUT_S)
                 tasks = [asyncio.create_task(_answer(orchestrator, r)) for r in routed]
                 for finished in asyncio.as_completed(tasks):
                     line, success = await finished

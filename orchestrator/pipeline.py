@@ -152,7 +152,13 @@ class Orchestrator:
             raise
         total_ms = (time.perf_counter() - start) * 1000
         trace = self._trace(
-            request, target, decision, attempts, answered, {"route": route_ms, "total": total_ms}
+            request,
+            target,
+            decision,
+            attempts,
+            answered,
+            {"route": route_ms, "total": total_ms},
+            _answer_details(answers),
         )
         self._record(decision, attempts, answered, generation.usage, total_ms, stream=False)
         return ChatCompletion(
@@ -203,6 +209,7 @@ class Orchestrator:
         start = time.perf_counter()
         query, target, decision, route_ms = await self._route(request)
         attempts: list[Attempt] = []
+        details: dict[str, Any] = {}
         try:
             if len(decision.experts) == 1:
                 expert, deltas = await self.dispatcher.open_stream(decision, query, attempts)
@@ -211,6 +218,7 @@ class Orchestrator:
                 answers, more = await self.dispatcher.generate(decision, query)
                 attempts.extend(more)
                 answered = [e for e, _ in answers]
+                details = _answer_details(answers)
                 deltas = await self._aggregate_stream(decision, query, answers, attempts)
         except OrchestratorError as e:
             self.metrics.requests.labels(decision.strategy, decision.experts[0], "error").inc()
@@ -224,6 +232,7 @@ class Orchestrator:
             attempts,
             answered,
             {"route": route_ms, "first_token": first_ms},
+            details,
         )
         include_usage = bool(request.stream_options and request.stream_options.include_usage)
         cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
@@ -308,7 +317,9 @@ class Orchestrator:
         attempts: list[Attempt],
         answered: list[str],
         timings: dict[str, float],
+        details: dict[str, Any] | None = None,
     ) -> RoutingTrace:
+        """``details`` (what the answers were like, e.g. their lengths) join the decision's."""
         return RoutingTrace(
             requested_model=request.model,
             resolution=target.resolution,
@@ -326,7 +337,7 @@ class Orchestrator:
             ],
             aggregator=decision.aggregator,
             version=decision.version,
-            details=dict(decision.details),
+            details={**decision.details, **(details or {})},
             timings_ms={k: round(v, 2) for k, v in timings.items()},
         )
 
@@ -353,6 +364,13 @@ class Orchestrator:
         failed = [a.expert for a in attempts if a.status != "ok"]
         if failed and answered:
             m.fallbacks.labels(failed[0], answered[0]).inc()
+
+
+def _answer_details(answers: list[tuple[str, Generation]]) -> dict[str, Any]:
+    """For several experts' answers (an ensemble): each answer's length in characters."""
+    if len(answers) < 2:
+        return {}
+    return {"answer_chars": {e: len(g.text) for e, g in answers}}
 
 
 def _usage(u: Usage) -> UsageOut:

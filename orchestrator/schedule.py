@@ -373,6 +373,7 @@ class ExpertScheduler:
         self._pending: dict[str, list[_Job]] = {}
         self._arrival = asyncio.Event()
         self._hold: tuple[int, float] | None = None
+        self._next_hold: tuple[int, float] | None = None
         self._task: asyncio.Task[None] | None = None
         self._closed = False
 
@@ -472,6 +473,19 @@ class ExpertScheduler:
         self._hold = (expected_requests, self._clock() + timeout_s)
         self._arrival.set()
 
+    def hold_next_window(self, expected_requests: int, timeout_s: float = 10.0) -> None:
+        """After the round that the held window (:meth:`hold_window`) starts, hold the window
+        that follows until ``expected_requests`` are queued (or ``timeout_s`` after that round).
+
+        For work that comes in two waves, the second depending on the first: the batch job's
+        multi-expert lines (Symbolic-MoE) send the recruited experts' calls in the first round
+        and each line's aggregator call once its experts have answered; holding the second
+        window puts every aggregator call of the chunk in one round, so the aggregator is
+        loaded once. The timeout starts when the first round ends, so slow experts never cut
+        the second window short.
+        """
+        self._next_hold = (expected_requests, timeout_s)
+
     def pending(self) -> int:
         return sum(len(jobs) for jobs in self._pending.values())
 
@@ -518,12 +532,16 @@ class ExpertScheduler:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._arrival.wait(), left_s)
                 continue
-            groups, self._pending, self._hold = self._pending, {}, None
+            held, (groups, self._pending, self._hold) = self._hold, (self._pending, {}, None)
             try:
                 await self._round(groups)
             except asyncio.CancelledError:  # stop(): nobody may wait forever on this round
                 _fail_all(groups, ServiceUnavailableError("the server is shutting down"))
                 raise
+            if held is not None and self._next_hold is not None:
+                expected, timeout_s = self._next_hold
+                self._next_hold = None
+                self._hold = (expected, self._clock() + timeout_s)
 
     async def _round(self, groups: dict[str, list[_Job]]) -> None:
         self.stats.rounds += 1
