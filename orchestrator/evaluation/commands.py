@@ -159,6 +159,10 @@ def eval_command(
         print_report(result, console, show_models=show_models)
         print_ensembles(result, console)
         written = [write_json(result, folder / "results.json"), *plot(result, folder)]
+        if "moe2" in names:  # quality vs per-query budget (orchestrator/evaluation/budgets.py)
+            from orchestrator.evaluation.budgets import budget_report
+
+            written += budget_report(harness, result, folder, console)
         console.print("[dim]wrote " + ", ".join(str(p) for p in written) + "[/dim]")
     if store is not None:
         console.print(f"[dim]artifacts saved under {store.root}/<strategy>/<version>[/dim]")
