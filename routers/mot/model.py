@@ -110,7 +110,8 @@ class InteractionLayer(nn.Module):
         b, _, t, _ = attn.shape
         out = self.up[primary](self.o(attn.transpose(1, 2).reshape(b, t, self.latent)))
         out = out * memory.active[:, None, None].to(out.dtype)
-        return h + torch.tanh(self.gate[primary]) * out
+        mixed: torch.Tensor = h + torch.tanh(self.gate[primary]) * out
+        return mixed
 
 
 class RouterNet(nn.Module):

@@ -339,7 +339,7 @@ def train_network(
     for step in range(options.warmup_steps):
         router_opt.zero_grad()
         loss = _rank_loss(net.router(cache.embeddings), nll_char, leaders, options.rank_temperature)
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]
         router_opt.step()
         if progress is not None and (step + 1) % 50 == 0:
             progress("router warm-up", step + 1, options.warmup_steps)
@@ -391,7 +391,7 @@ def train_network(
             used[[p, *peers]] += 1.0 / len(chosen)
         balance = m * (used * probs.mean(0)).sum()
         loss = lm + options.rank_weight * rank + options.balance_weight * balance
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]
         opt.step()
         history.append(
             {"step": step + 1, "lm": float(lm), "rank": float(rank), "loss": float(loss)}
@@ -538,7 +538,7 @@ def export_state(net: MoTNetwork, members: Sequence[Member], options: MoTOptions
         "latent": options.latent,
         "heads": options.heads,
         "interactions": options.interactions,
-        "embed_dim": int(net.router.net[0].in_features),  # type: ignore[index]
+        "embed_dim": int(net.router.net[0].in_features),  # type: ignore[index,arg-type]
         "router_hidden": options.router_hidden,
         "k": options.k,
         "max_peer_tokens": options.max_peer_tokens,
