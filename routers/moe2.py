@@ -4,13 +4,16 @@ After MoE² (Jin et al., 2025, "Optimizing Collaborative Inference for Edge Larg
 Models"), in two levels:
 
 1. **Gating network, trained once over all experts.** A small MLP over the query's MiniLM
-   embedding (384 → ``hidden`` → two heads), trained with torch on recorded outcomes:
+   embedding (384 → ``hidden`` ReLU → three heads), trained with torch on recorded outcomes:
 
    * the *gate* head gives softmax weights ``w(x)`` over every recorded model, trained with the
      mixture likelihood of MoE (``−log Σ_i w_i(x) · s̃_i``, where ``s̃_i`` is model i's recorded
      score smoothed into (0, 1): the probability that the mixture's answer is right);
    * the *quality* head gives ``q_i(x)``, each model's probability of answering correctly
-     (sigmoid, binary cross-entropy on the recorded scores).
+     (sigmoid, binary cross-entropy on the recorded scores);
+   * the *cost* head predicts each model's USD cost for this prompt (log cost, standardised
+     per model, squared error): recorded costs depend on the task (few-shot prompts, long
+     code answers), not only on prompt length.
 
    Epochs are chosen by early stopping on a validation part carved from the training split
    (by prompt hash), then the net is refitted on the whole split for that many epochs. The
@@ -20,8 +23,11 @@ Models"), in two levels:
    reuses it restricted — its softmax renormalised over the members (the paper's property
    that lets training and selection decouple). Here the subset is the set of experts the
    pool actually serves, and the value of expert i is ``v_i = q_i · w_i / max_j w_j`` (the
-   gate's relative trust times its predicted quality; ``value: quality`` uses ``q_i`` alone;
-   ``auto`` picks the better on validation).
+   gate's relative trust times its predicted quality; ``value: quality`` uses ``q_i`` alone).
+   ``value: auto`` (the default) picks whichever gives the better mean accuracy on the
+   validation part over the cost-budget grid; on RouterBench that is ``quality`` (the gate's
+   weights concentrate on GPT-4, and discounting the others by them led to pricier, worse
+   picks under mid budgets).
 
 2. **Subset selection under budgets** (:mod:`routers.subset_search`): the subset S
    maximising ``Q(S) = 1 − Π_{i∈S}(1 − v_i)`` subject to the latency budget (members run in
@@ -50,8 +56,7 @@ answer length of the expert's recorded model (≈4 characters per token; RouterB
 answers), else the request's ``max_tokens`` — always capped by ``max_tokens``. Latency and
 energy come from each expert's ``profile`` (configured, or measured by ``orchestrator
 profile``); energy counts output tokens only. Cost comes from the expert's ``price`` when it
-has one (prompt ≈ characters / 4 tokens), else from the artifact's per-model linear fit of the
-recorded USD cost on prompt length.
+has one (prompt ≈ characters / 4 tokens), else from the gate's cost head (recorded USD).
 
 What differs from the paper: the paper mixes the experts' output distributions and trains
 the gate by cross-entropy on the task labels; LLM experts here may not share a tokenizer, so
@@ -282,22 +287,30 @@ class Moe2Strategy(TrainableStrategy):
                 cost[s] = predicted_cost[s]
         return tokens, latency, energy, cost
 
-    def _overhead(self, query: Query, count: int) -> Overhead:
+    def _overhead(self, query: Query, count: int, tokens: np.ndarray, cost: np.ndarray) -> Overhead:
+        """What an aggregator expert's synthesis adds to a subset of ``count`` ≥ 2 members:
+        its latency and energy for the answer's tokens; its cost from its price (the prompt
+        holds the question and ``count`` answers), else — when it is a served recorded model
+        without a price — its predicted cost of answering the question itself."""
         opts: Moe2Options = self.options  # type: ignore[assignment]
         if count < 2 or opts.aggregator in ("first", "vote"):
             return Overhead()
         expert = next(e for e in self.experts if e.name == opts.aggregator)
+        served = [self.expert_of[j] for j in self.served.tolist()]
+        index = served.index(expert.name) if expert.name in served else None
         max_tokens = query.sampling.max_tokens
-        t = float(min(opts.expected_output_tokens or max_tokens, max_tokens))
+        if index is not None and opts.expected_output_tokens is None:
+            t = float(tokens[index])
+        else:
+            t = float(min(opts.expected_output_tokens or max_tokens, max_tokens))
         p, price = expert.profile, expert.price
-        prompt_tokens = sum(len(m.content) for m in query.messages) / CHARS_PER_TOKEN
-        # The synthesis prompt holds the members' answers too: count them as prompt tokens.
-        prompt_tokens += count * t
-        return Overhead(
-            p.ttft_ms + p.ms_per_output_token * t,
-            p.energy_j_per_token * t,
-            (prompt_tokens * price.input_per_1m + t * price.output_per_1m) / 1e6,
-        )
+        if price.input_per_1m > 0 or price.output_per_1m > 0 or index is None:
+            prompt_tokens = sum(len(m.content) for m in query.messages) / CHARS_PER_TOKEN
+            prompt_tokens += count * t  # the members' answers
+            usd = (prompt_tokens * price.input_per_1m + t * price.output_per_1m) / 1e6
+        else:
+            usd = float(cost[index])
+        return Overhead(p.ttft_ms + p.ms_per_output_token * t, p.energy_j_per_token * t, usd)
 
     def _decide(
         self, query: Query, w: np.ndarray, q: np.ndarray, values: np.ndarray, c: np.ndarray
@@ -307,7 +320,8 @@ class Moe2Strategy(TrainableStrategy):
         tokens, latency, energy, cost = self.resources(query, c)
         v, lat, en, co = values.tolist(), latency.tolist(), energy.tolist(), cost.tolist()
         k = budget.max_experts or 1
-        selection = branch_and_bound(v, lat, en, co, budget, self._overhead(query, k))
+        overhead = self._overhead(query, k, tokens, cost)
+        selection = branch_and_bound(v, lat, en, co, budget, overhead)
         names = [self.expert_of[j] or "" for j in self.served.tolist()]
         details: dict[str, object] = {
             "budget": {
@@ -392,9 +406,10 @@ class Moe2Strategy(TrainableStrategy):
                 low = min(range(len(used)), key=lambda i: used[i])
                 if used[low] > limit:
                     param = param or field
+                    best = {"ms": "fastest", "J": "most frugal", "USD": "cheapest"}[unit]
                     needs.append(
-                        f"{field}={limit:g} but the {'cheapest' if unit == 'USD' else 'best'} "
-                        f"expert ({names[low]}) needs {used[low]:.6g} {unit}"
+                        f"{field}={limit:g} but the {best} expert ({names[low]}) needs "
+                        f"{used[low]:.6g} {unit}"
                     )
             message = (
                 "no expert fits the budget: " + "; ".join(needs)
