@@ -32,6 +32,7 @@ from orchestrator.errors import (
     error_body,
 )
 from orchestrator.ingress import with_key_budgets
+from orchestrator.kb.api import mount_knowledge
 from orchestrator.limits import Limiter
 from orchestrator.pipeline import Orchestrator
 from orchestrator.protocol import ChatCompletion, ChatCompletionRequest, ErrorResponse, ModelList
@@ -189,6 +190,7 @@ def build_app(orchestrator: Orchestrator, *, manage_lifecycle: bool = True) -> F
         return Response(orchestrator.metrics.render(), media_type="text/plain; version=0.0.4")
 
     app.state.admin = mount_admin(app, orchestrator, require("admin"))
+    mount_knowledge(app, orchestrator, require("admin"))
     return app
 
 

@@ -85,7 +85,10 @@ class Orchestrator:
             await self.store.ping()
             detail["redis"] = self.store.status()
             if not self.store.available:
-                detail["degraded"] = ["rate and concurrency limits are not enforced"]
+                detail["degraded"] = [
+                    "rate and concurrency limits are not enforced",
+                    "knowledge store (retrieval for router/expertrag, /admin/kb) answers 503",
+                ]
         return ok, detail
 
     def models(self) -> ModelList:

@@ -20,6 +20,7 @@ STRATEGIES: Registry[Strategy] = Registry(
         "knn": "routers.knn:KNNStrategy",
         "threshold": "routers.threshold:ThresholdStrategy",
         "random": "routers.random_strategy:RandomStrategy",
+        "expertrag": "routers.expertrag:ExpertRAGStrategy",
         "mot": "routers.mot.strategy:MoTStrategy",
         "moe2": "routers.moe2:Moe2Strategy",
         "symbolic-moe": "routers.symbolic_moe:SymbolicMoEStrategy",
