@@ -292,3 +292,21 @@ def test_ensemble_point_and_harness_report_symbolic_moe():
     )
     assert point.n == 2 and summary.k_counts == {2: 1, 1: 1} and summary.mean_experts == 1.5
     assert recorded_choices(data) is None  # synthetic data records no answer texts
+
+
+def test_options_parse_from_real_routerbench_answers_and_agree_with_correctness(shared_data):
+    from orchestrator.evaluation.datasets import load_routerbench
+
+    data = load_routerbench(shared_data / "routerbench")
+    choices = recorded_choices(data)
+    assert choices is not None
+    for category in ("arc-challenge", "winogrande"):
+        rows = [i for i, c in enumerate(data.categories) if c == category]
+        parsed = np.mean([choices[i, j] is not None for i in rows for j in range(len(data.models))])
+        assert parsed > 0.9, (category, parsed)
+        for i in rows:  # the right experts chose one option, and no wrong expert chose it
+            right = {choices[i, j] for j in range(len(data.models)) if data.scores[i, j] == 1}
+            wrong = {choices[i, j] for j in range(len(data.models)) if data.scores[i, j] == 0}
+            assert len(right - {None}) <= 1 and not (right & wrong) - {None}
+    mbpp = [i for i, c in enumerate(data.categories) if c == "mbpp"]
+    assert all(choices[i, j] is None for i in mbpp for j in range(len(data.models)))
