@@ -172,7 +172,7 @@ async def test_bad_engine_argument_fails_load_naming_it() -> None:
 async def test_engine_arguments_defaults_and_overrides() -> None:
     args = engine_args(EXPERT, "/models/x")
     assert args["model"] == "/models/x" and args["max_model_len"] == 1024
-    assert args["distributed_executor_backend"] == "uni" and args["disable_log_stats"]
+    assert args["disable_log_stats"] and "distributed_executor_backend" not in args  # vLLM's
     if vllm_backend._on_cpu():
         assert args["dtype"] == "float32" and args["enforce_eager"]
         assert args["kv_cache_memory_bytes"] == 2**30
@@ -182,17 +182,18 @@ async def test_engine_arguments_defaults_and_overrides() -> None:
         update={"engine": {"dtype": "bfloat16", "tensor_parallel_size": 2, "chat_template": "x"}}
     )
     args = engine_args(custom, "/models/x")
-    assert args["dtype"] == "bfloat16" and "distributed_executor_backend" not in args
+    assert args["dtype"] == "bfloat16" and args["tensor_parallel_size"] == 2
     assert "chat_template" not in args  # the backend's own option, not vLLM's
 
 
 async def test_unload_shuts_the_engine_down(backend: VLLMBackend) -> None:
-    """Last in the module: the engine-core process exits and the registry forgets it."""
+    """Last in the module: vLLM's processes (engine core, CPU worker) exit and the registry
+    forgets the engine."""
     import psutil
 
     def engine_processes() -> list[psutil.Process]:
         children = psutil.Process(os.getpid()).children(recursive=True)
-        return [p for p in children if "EngineCore" in " ".join(_cmdline(p))]
+        return [p for p in children if " ".join(_cmdline(p)).startswith("VLLM::")]
 
     assert engine_processes()
     await backend.unload()
