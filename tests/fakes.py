@@ -1,8 +1,13 @@
-"""Fakes that isolate units: a strategy that ranks experts by config order (or by a keyword)."""
+"""Fakes that isolate units: a strategy that ranks experts by config order (or by a keyword),
+and a bag-of-words embedder for knowledge-store tests."""
 
 from __future__ import annotations
 
+import hashlib
+import re
 from collections.abc import Sequence
+
+import numpy as np
 
 from orchestrator.types import Decision, Query
 from routers.base import Strategy, StrategyOptions
@@ -37,4 +42,24 @@ class KeywordStrategy(Strategy):
                     aggregator=opts.aggregator,
                 )
             )
+        return out
+
+
+class WordEmbedder:
+    """An embedder for knowledge-store tests: unit-norm bags of hashed words (longer than 3
+    letters), so texts sharing words are similar. Deterministic and instant (no MiniLM)."""
+
+    key = "fake-words"
+
+    def __init__(self, dim: int = 1024) -> None:
+        self.dim = dim
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        out = np.zeros((len(texts), self.dim), np.float32)
+        for i, t in enumerate(texts):
+            for w in re.findall(r"[a-z0-9-]+", t.lower()):
+                if len(w) > 3:
+                    out[i, int(hashlib.md5(w.encode()).hexdigest(), 16) % self.dim] += 1
+            n = np.linalg.norm(out[i])
+            out[i] = out[i] / n if n else out[i]
         return out

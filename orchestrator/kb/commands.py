@@ -280,6 +280,10 @@ def eval_rag_command(
     e2e_general: Annotated[
         int, typer.Option(help="Graded LLMRouter QA prompts added to the end-to-end run.")
     ] = 6,
+    e2e_limit: Annotated[
+        int | None,
+        typer.Option(help="At most this many end-to-end questions (half from the store)."),
+    ] = None,
     max_tokens: Annotated[int, typer.Option(help="Completion tokens per answer.")] = 48,
     out: Annotated[Path, typer.Option(help="Results folder.")] = Path("results/eval-rag"),
 ) -> None:
@@ -326,6 +330,10 @@ def eval_rag_command(
         if e2e:
             extra = [x for x in test if x.group in ("llmrouter:natural_qa", "llmrouter:trivia_qa")]
             chosen = [x for x in test if not x.group.startswith("llmrouter:")] + extra[:e2e_general]
+            if e2e_limit is not None:
+                kb_items = [x for x in chosen if x.retrieve][: (e2e_limit + 1) // 2]
+                others = [x for x in chosen if not x.retrieve][: e2e_limit - len(kb_items)]
+                chosen = kb_items + others
             answers, summary = asyncio.run(_end_to_end(cfg, kb, strategy, chosen, max_tokens))
             _print_e2e(console, summary)
             result["end_to_end"] = {"summary": summary, "answers": [a.__dict__ for a in answers]}

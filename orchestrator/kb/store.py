@@ -267,7 +267,9 @@ class KnowledgeStore:
                         )
                         infos = []
                         row = 0
-                        for p, key, before in zip(prepared, doc_keys, old, strict=True):
+                        for i, (p, key, before) in enumerate(
+                            zip(prepared, doc_keys, old, strict=True)
+                        ):
                             n_old = int(before) if before is not None else 0
                             self._drop_chunks(pipe, p.id, range(len(p.chunks), n_old))
                             meta = json.dumps(p.metadata, separators=(",", ":"))
@@ -298,7 +300,8 @@ class KnowledgeStore:
                                 )
                                 pipe.sadd(self.key("chunks"), cid)
                                 row += 1
-                            pipe.zadd(self.key("docs"), {p.id: now})
+                            # listing order = request order (ties in a zset sort by id)
+                            pipe.zadd(self.key("docs"), {p.id: now + i * 1e-6})
                             infos.append(
                                 DocumentInfo(
                                     p.id,

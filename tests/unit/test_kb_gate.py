@@ -7,8 +7,6 @@ tests/engine/test_expertrag_engine.py a real model.
 
 from __future__ import annotations
 
-import hashlib
-import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -27,24 +25,7 @@ from routers.expertrag import (
     gate_features,
     precision_recall,
 )
-
-DIM = 1024
-
-
-class WordEmbedder:
-    """Unit-norm bags of hashed words: texts sharing words are similar."""
-
-    key = "words"
-
-    def encode(self, texts: Sequence[str]) -> np.ndarray:
-        out = np.zeros((len(texts), DIM), np.float32)
-        for i, t in enumerate(texts):
-            for w in re.findall(r"[a-z0-9-]+", t.lower()):
-                if len(w) > 3:
-                    out[i, int(hashlib.md5(w.encode()).hexdigest(), 16) % DIM] += 1
-            n = np.linalg.norm(out[i])
-            out[i] = out[i] / n if n else out[i]
-        return out
+from tests.fakes import WordEmbedder
 
 
 class FakeKnowledge:
