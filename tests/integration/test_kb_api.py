@@ -8,6 +8,7 @@ answering is tests/engine/test_expertrag_engine.py.
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -219,3 +220,22 @@ async def test_redis_down_fails_retrieval_clearly_and_serving_continues(
         assert ready.status_code == 200
         assert any("knowledge store" in d for d in ready.json()["degraded"])
     await orch.stop()
+
+
+async def test_passages_reach_a_streamed_answer_too(client: httpx.AsyncClient) -> None:
+    question = "How loud is the fan of the Vesper AQ-5 air monitor?"
+    plain = await ask(client, question)
+    body = {
+        "model": "router/expertrag",
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "messages": [{"role": "user", "content": question}],
+    }
+    chunks = []
+    async with client.stream("POST", "/v1/chat/completions", json=body) as r:
+        assert r.status_code == 200
+        async for line in r.aiter_lines():
+            if line.startswith("data: {"):
+                chunks.append(json.loads(line[6:]))
+    assert chunks[0]["routing"]["details"]["retrieval"]["decision"] == "retrieve"
+    assert chunks[-1]["usage"]["prompt_tokens"] == plain["usage"]["prompt_tokens"]
