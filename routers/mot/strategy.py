@@ -137,7 +137,9 @@ class MoTStrategy(TrainableStrategy):
             raise ConfigError(
                 "strategy 'mot' needs exactly one expert with backend: mot (the model that runs "
                 f"the mixture), found {len(mots)}; add one, e.g. {{name: mot, backend: mot, "
-                "model: latest}, or name it in routing.strategies.mot.expert"
+                "model: latest}, or name it in routing.strategies.mot.expert (`orchestrator "
+                "train mot` needs --no-evaluate: a MoT is evaluated by its held-out loss while it "
+                "trains, not by replaying recorded outcomes)"
             )
         return mots[0].name
 

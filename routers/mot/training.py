@@ -394,7 +394,12 @@ def train_network(
         loss.backward()  # type: ignore[no-untyped-call]
         opt.step()
         history.append(
-            {"step": step + 1, "lm": float(lm), "rank": float(rank), "loss": float(loss)}
+            {
+                "step": step + 1,
+                "lm": float(lm.detach()),
+                "rank": float(rank.detach()),
+                "loss": float(loss.detach()),
+            }
         )
         if progress is not None:
             progress("training interaction + router", step + 1, options.steps)
