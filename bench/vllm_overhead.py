@@ -79,11 +79,19 @@ Run = Callable[[str, int], Awaitable[int]]  # (question, max_tokens) -> completi
 
 
 def _free_port() -> int:
+    """A free port below Linux's ephemeral range (32768+): a server binds it only after its
+    engine has started (minutes here), and an ephemeral port could be taken by then."""
+    import random
     import socket
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    while True:
+        port = random.randrange(20000, 32000)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
 
 
 @contextmanager
@@ -198,9 +206,6 @@ async def main(args: argparse.Namespace) -> None:
         "server": {"default_temperature": 0.0},
     }
     (workdir / "config.yaml").write_text(yaml.safe_dump(config))
-    orch_port = _free_port()
-    orch_cmd = [sys.executable, "-m", "orchestrator", "serve", "--port", str(orch_port)]
-    orch_cmd += ["--config", str(workdir / "config.yaml"), "--log-level", "warning"]
     limits = httpx.Limits(max_connections=args.concurrency * 2)
     timeout = httpx.Timeout(600)
 
@@ -233,6 +238,9 @@ async def main(args: argparse.Namespace) -> None:
             bare = _http_run(bare_client, "smol", args.stream)
         print(f"bare vLLM up in {time.perf_counter() - t0:.1f} s")
 
+        orch_port = _free_port()  # taken just before use: the machine is shared
+        orch_cmd = [sys.executable, "-m", "orchestrator", "serve", "--port", str(orch_port)]
+        orch_cmd += ["--config", str(workdir / "config.yaml"), "--log-level", "warning"]
         t0 = time.perf_counter()
         stack.enter_context(
             _process(orch_cmd, f"http://127.0.0.1:{orch_port}/ready", workdir / "orch.log")
