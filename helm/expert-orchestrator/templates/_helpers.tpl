@@ -66,8 +66,14 @@ application `orchestrator serve --ray` runs locally. The application reads the m
 ConfigMap at args.config_path.
 */}}
 {{- define "eo.serveConfig" -}}
-{{- $deployments := list (dict "name" "ingress" "ray_actor_options" (dict "num_cpus" 0)) (dict "name" "router" "ray_actor_options" (dict "num_cpus" 0)) }}
-{{- range (include "eo.expertGroups" . | fromYaml).groups }}
+{{- /* ingress and router: no CPU reserved, room for every request the experts take at once
+       (ray_app.front_options: max(256, sum of max_concurrency)) */}}
+{{- $groups := (include "eo.expertGroups" . | fromYaml).groups }}
+{{- $total := 0 }}
+{{- range $groups }}{{- $total = add $total (int .deployment.max_ongoing_requests) }}{{- end }}
+{{- $front := max 256 $total }}
+{{- $deployments := list (dict "name" "ingress" "ray_actor_options" (dict "num_cpus" 0) "max_ongoing_requests" $front) (dict "name" "router" "ray_actor_options" (dict "num_cpus" 0) "max_ongoing_requests" $front) }}
+{{- range $groups }}
 {{- $deployments = append $deployments .deployment }}
 {{- end }}
 {{- $app := dict "name" "orchestrator" "route_prefix" "/" "import_path" "orchestrator.ray_app:app_builder" "args" (dict "config_path" (include "eo.configPath" .)) "deployments" $deployments }}
