@@ -7,11 +7,13 @@ imports torch or vllm. Outside code is reachable by passing its own ``"package.m
 from __future__ import annotations
 
 import importlib
+import re
 from typing import Any, Generic, TypeVar
 
 from orchestrator.errors import ConfigError
 
 T = TypeVar("T")
+_OUTSIDE = re.compile(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*")
 
 
 class Registry(Generic[T]):
@@ -36,6 +38,11 @@ class Registry(Generic[T]):
                 raise ConfigError(
                     f"unknown {self.kind} '{name}'; valid: {', '.join(self.names())} "
                     f"(or 'package.module:Class' for outside code)"
+                )
+            if not _OUTSIDE.fullmatch(name):
+                raise ConfigError(
+                    f"'{name}' is not a {self.kind} name nor 'package.module:Class'; "
+                    f"valid names: {', '.join(self.names())}"
                 )
             target = name
         module_name, _, attr = target.partition(":")

@@ -158,7 +158,9 @@ class StrategySet:
             return self._direct.route_to(target.expert)
         self._poll()
         name = query.options.strategy or target.strategy or self.config.routing.default_strategy
-        if name not in self.names() and ":" not in name:
+        # Outside code ("pkg.mod:Class") only as configured: a request never names a module.
+        configured = {self.config.routing.default_strategy, *self.config.routing.strategies}
+        if name not in self.names() and name not in configured:
             raise InvalidRequestError(
                 f"unknown strategy '{name}'; valid: {', '.join(self.names())}", param="strategy"
             )

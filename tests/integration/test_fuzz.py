@@ -43,9 +43,21 @@ CONFIG = {
 
 
 @pytest.fixture(scope="module")
-def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    path = tmp_path_factory.mktemp("fuzz") / "config.yaml"
-    path.write_text(yaml.safe_dump(CONFIG))
+def base_url(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[str]:
+    # With Redis, so the admin routes (jobs, knowledge store) answer instead of a 503; no job
+    # worker, so fuzzed submissions queue but never start training.
+    tmp = tmp_path_factory.mktemp("fuzz")
+    path = tmp / "config.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                **CONFIG,
+                "redis_url": redis_url,
+                "jobs": {"worker": False},
+                "artifacts_dir": str(tmp / "artifacts"),
+            }
+        )
+    )
     with running_server(path) as url:
         yield url
 

@@ -245,3 +245,22 @@ async def test_multi_expert_decision(client: httpx.AsyncClient) -> None:
     r = await client.post("/v1/chat/completions", json=chat("gamma and alpha"))
     trace = r.json()["routing"]
     assert len(trace["answered_by"]) == 2 and trace["aggregator"] == "vote"
+
+
+async def test_requests_cannot_name_outside_code(client: httpx.AsyncClient) -> None:
+    import sys
+
+    for name in ["json.tool:main", "os:system", ":", "x:"]:
+        r = await client.post("/v1/chat/completions", json=chat(strategy=name))
+        err = assert_openai_error(r, 400, "invalid_request_error")
+        assert err["param"] == "strategy"
+    assert "json.tool" not in sys.modules
+
+
+def test_registry_rejects_malformed_names() -> None:
+    from orchestrator.errors import ConfigError
+    from routers import get_strategy_class
+
+    for bad in [":", "a:", ":B", "a b:C"]:
+        with pytest.raises(ConfigError):
+            get_strategy_class(bad)
