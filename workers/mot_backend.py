@@ -28,7 +28,7 @@ from typing import Any
 from orchestrator.config import ExpertConfig
 from orchestrator.types import Delta, FinishReason, Generation, GenerationRequest, Usage
 from workers.base import Backend
-from workers.transformers_backend import _acquire, _cut_at_stop, _Loaded, _release
+from workers.transformers_backend import _acquire, _Loaded, _release
 
 DEVICE = "cpu"
 DTYPE = "float32"
@@ -129,11 +129,7 @@ class MoTBackend(Backend):
                 if step.finish is not None:
                     finish = step.finish
                     usage = Usage(step.prompt_tokens, step.completion_tokens)
-                elif request.sampling.stop and _cut_at_stop(text, request.sampling.stop)[1]:
-                    break  # the rest would be cut anyway
-        cut, stopped = _cut_at_stop(text, request.sampling.stop)
-        reason: FinishReason = "stop" if stopped or finish == "stop" else "length"
-        return Generation(cut, usage, reason)
+        return Generation(text, usage, "stop" if finish == "stop" else "length")
 
     async def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
         if not self.loaded:
@@ -141,7 +137,8 @@ class MoTBackend(Backend):
         return [await asyncio.to_thread(self._run, r) for r in requests]
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[Delta]:
-        """Token streaming: the decode loop runs in a thread and pushes each step's text."""
+        """Token streaming: the decode loop runs in a thread and pushes each step's text
+        (stop strings are handled by the loop, :meth:`routers.mot.inference.MoTModel.stream`)."""
         if not self.loaded:
             await self.load()
         loop = asyncio.get_running_loop()
@@ -153,7 +150,7 @@ class MoTBackend(Backend):
                 with contextlib.closing(self._steps(request)) as steps:
                     for step in steps:
                         loop.call_soon_threadsafe(queue.put_nowait, step)
-                        if cancelled.is_set():
+                        if cancelled.is_set():  # the client went away
                             break
             except BaseException as e:
                 loop.call_soon_threadsafe(queue.put_nowait, e)
@@ -162,10 +159,6 @@ class MoTBackend(Backend):
 
         thread = threading.Thread(target=run, name=f"mot-{self.expert.name}", daemon=True)
         thread.start()
-        emitted = ""
-        usage = Usage()
-        finish: FinishReason = "length"
-        stop_hit = False
         try:
             while True:
                 item = await queue.get()
@@ -174,25 +167,15 @@ class MoTBackend(Backend):
                 if isinstance(item, BaseException):
                     raise item
                 if item.finish is not None:
-                    usage = Usage(item.prompt_tokens, item.completion_tokens)
-                    finish = "stop" if item.finish == "stop" else "length"
-                if not item.text or stop_hit:
-                    continue
-                # Hold back text that could start a stop string; cut at a full one.
-                pending = emitted + item.text
-                cut_text, cut = _cut_at_stop(pending, request.sampling.stop)
-                if cut:
-                    if len(cut_text) > len(emitted):
-                        yield Delta(cut_text[len(emitted) :])
-                    emitted, stop_hit = cut_text, True
-                    cancelled.set()
-                    continue
-                emitted = pending
-                yield Delta(item.text)
+                    reason: FinishReason = "stop" if item.finish == "stop" else "length"
+                    yield Delta(
+                        item.text, reason, Usage(item.prompt_tokens, item.completion_tokens)
+                    )
+                elif item.text:
+                    yield Delta(item.text)
         finally:
             cancelled.set()
             await asyncio.to_thread(thread.join)
-        yield Delta("", "stop" if stop_hit else finish, usage)
 
 
 def _is_causal(folder: Any) -> bool:

@@ -13,7 +13,8 @@ Order for one request (:meth:`MoTModel.stream`):
 
 ``interact=False`` runs the same loop without peers or hooks: the primary alone, for
 comparisons (``bench/mot.py``). Generation is greedy at temperature 0, else temperature and
-top-p sampling with a seeded generator.
+top-p sampling with a seeded generator. Stop strings end generation where they first appear;
+text that could begin one is held back from the stream until the next tokens decide.
 """
 
 from __future__ import annotations
@@ -149,6 +150,7 @@ class MoTModel:
                 generated: list[int] = []
                 emitted = ""
                 finish = "length"
+                stopped_by_string = False
                 for _ in range(sampling.max_tokens):
                     token = _next_token(out.logits[0, -1], sampling, generator)
                     if token in stops:
@@ -156,19 +158,45 @@ class MoTModel:
                         break
                     generated.append(token)
                     text = primary.tokenizer.decode(generated, skip_special_tokens=True)
-                    if not text.endswith("\ufffd") and len(text) > len(emitted):
-                        yield Step(text[len(emitted) :])
-                        emitted = text
+                    cut = _stop_at(text, sampling.stop)
+                    if cut is not None:
+                        finish, stopped_by_string, text = "stop", True, cut
+                        break
+                    safe = _safe_prefix(text, sampling.stop)
+                    if len(safe) > len(emitted):
+                        yield Step(safe[len(emitted) :])
+                        emitted = safe
                     out = primary.model(
                         input_ids=torch.tensor([[token]]),
                         past_key_values=out.past_key_values,
                         use_cache=True,
                     )
-        text = primary.tokenizer.decode(generated, skip_special_tokens=True)
+        if not stopped_by_string:
+            text = primary.tokenizer.decode(generated, skip_special_tokens=True)
         if len(text) > len(emitted):
             yield Step(text[len(emitted) :])
-        completion = len(generated) + (1 if finish == "stop" else 0)
+        # an end-of-turn token counts as generated; a stop string ends on a generated token
+        completion = len(generated) + (1 if finish == "stop" and not stopped_by_string else 0)
         yield Step("", finish, len(ids) + read, completion)
+
+
+def _stop_at(text: str, stops: Sequence[str]) -> str | None:
+    """``text`` cut before the first stop string in it, or None when there is none."""
+    positions = [i for s in stops if s and (i := text.find(s)) >= 0]
+    return text[: min(positions)] if positions else None
+
+
+def _safe_prefix(text: str, stops: Sequence[str]) -> str:
+    """What may be emitted now: no incomplete character at the end, and no tail that could be
+    the start of a stop string (it is held back until the next tokens decide)."""
+    text = text.rstrip("\ufffd")
+    hold = 0
+    for s in stops:
+        for k in range(min(len(s) - 1, len(text)), 0, -1):
+            if text.endswith(s[:k]):
+                hold = max(hold, k)
+                break
+    return text[: len(text) - hold]
 
 
 def _next_token(logits: torch.Tensor, sampling: SamplingParams, generator: torch.Generator) -> int:

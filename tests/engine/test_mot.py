@@ -175,6 +175,14 @@ async def test_backend_streams_what_it_generates(trained: dict[str, Any]) -> Non
             )
             assert whole.usage.completion_tokens > 0
             assert len([d for d in pieces if d.text]) > 1  # token by token, not one blob
+        (plain,) = await backend.generate([_request(QUESTIONS[0][0])])
+        assert len(plain.text) >= 4, plain
+        stop = plain.text[1:3]
+        (cut,) = await backend.generate([_request(QUESTIONS[0][0], stop=(stop,))])
+        assert cut.text == plain.text[: plain.text.find(stop)] and cut.finish_reason == "stop"
+        streamed = [d async for d in backend.stream(_request(QUESTIONS[0][0], stop=(stop,)))]
+        assert "".join(d.text for d in streamed) == cut.text
+        assert streamed[-1].usage == cut.usage
         sampled = _request(QUESTIONS[0][0], temperature=1.0, seed=7)
         a, b = await backend.generate([sampled]), await backend.generate([sampled])
         assert a[0].text == b[0].text  # seeded sampling is reproducible
