@@ -307,7 +307,14 @@ class ExpertRAGStrategy(Strategy):
         self._setup_services(need_knowledge=opts.gate != "never")
         if opts.gate == "trained" and self.gate is None:
             store = ArtifactStore(self.artifacts_dir or Path("artifacts"))
-            artifact = store.load(NAME, opts.artifact)
+            try:
+                artifact = store.load(NAME, opts.artifact)
+            except ConfigError as e:
+                raise ConfigError(
+                    f"routing.strategies.expertrag: no retrieval gate to serve ({e.message}); "
+                    "train one with `orchestrator kb train-gate QUESTIONS.jsonl`, or set "
+                    "gate: always | never"
+                ) from None
             self.use_gate(RetrievalGate.from_state(artifact.state), artifact)
         if self.gate is not None and self.gate.inner != opts.inner:
             raise ConfigError(

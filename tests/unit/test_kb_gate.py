@@ -8,6 +8,7 @@ tests/engine/test_expertrag_engine.py a real model.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -203,6 +204,13 @@ def test_options_are_checked_at_config_load() -> None:
             load(bad)
     with pytest.raises(ConfigError, match="retrieval_expert"):
         strategy(None, retrieval_expert="nobody")
+
+
+def test_serving_without_a_trained_gate_says_how_to_train_one(tmp_path: Path) -> None:
+    s = ExpertRAGStrategy(EXPERTS, {"inner": "tests.fakes:KeywordStrategy"}, artifacts_dir=tmp_path)
+    s.use_knowledge(FakeKnowledge(CHUNKS))  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="orchestrator kb train-gate"):
+        s.setup()
 
 
 def test_serving_needs_redis_or_a_store() -> None:
