@@ -225,3 +225,14 @@ def test_options_are_checked_at_config_load() -> None:
         load_config(None, experts=experts, routing={"strategies": {"mot": {"k": 0}}})
     with pytest.raises(ConfigError, match=r"routing\.strategies\.mot\.nope"):
         load_config(None, experts=experts, routing={"strategies": {"mot": {"nope": 1}}})
+
+
+def test_stop_strings_in_the_decode_loop() -> None:
+    from routers.mot.inference import _safe_prefix, _stop_at
+
+    assert _stop_at("Paris is nice", ["nice", "ice"]) == "Paris is "
+    assert _stop_at("Paris", ["x", ""]) is None
+    # a tail that could begin a stop string is held back; an incomplete character too
+    assert _safe_prefix("The answer: fo", ["four"]) == "The answer: "
+    assert _safe_prefix("The answer\ufffd", []) == "The answer"
+    assert _safe_prefix("abc", ["zz"]) == "abc"
