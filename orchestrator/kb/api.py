@@ -121,7 +121,7 @@ def mount_knowledge(
         summary="List documents in the order they were added (without their text)",
     )
     async def list_documents(
-        offset: int = Query(0, ge=0), limit: int = Query(100, ge=1, le=1000)
+        offset: int = Query(0, ge=0, le=10**9), limit: int = Query(100, ge=1, le=1000)
     ) -> KBDocumentList:
         kb = knowledge()
         infos, total = await asyncio.to_thread(kb.list_documents, offset, limit)
