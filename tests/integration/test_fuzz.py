@@ -52,7 +52,7 @@ def base_url(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterat
         yaml.safe_dump(
             {
                 **CONFIG,
-                "redis_url": redis_url,
+                "redis_url": redis_url.rsplit("/", 1)[0] + "/12",  # a db of its own
                 "jobs": {"worker": False},
                 "artifacts_dir": str(tmp / "artifacts"),
             }
