@@ -48,12 +48,19 @@ class MemberSpec:
 
     @classmethod
     def parse(cls, spec: str) -> MemberSpec:
+        """Parse ``source[@N]``; an existing folder becomes absolute, so an artifact that
+        names it still finds it when served from another working directory."""
         source, sep, n = spec.rpartition("@")
         if not sep:
-            return cls(spec)
-        if not n.isdigit() or int(n) < 1:
+            source, layers = spec, None
+        elif not n.isdigit() or int(n) < 1:
             raise ConfigError(f"member '{spec}': '@' must be followed by a layer count ≥ 1")
-        return cls(source, int(n))
+        else:
+            layers = int(n)
+        path = Path(source).expanduser()
+        if source not in (MINILM,) and path.is_dir():
+            source = str(path.resolve())
+        return cls(source, layers)
 
     def __str__(self) -> str:
         return self.source if self.layers is None else f"{self.source}@{self.layers}"
@@ -141,9 +148,11 @@ class Member:
             ids = ids[-max_tokens:]
         return ids
 
-    def answer_ids(self, messages: Messages, answer: str) -> list[int]:
+    def answer_ids(self, messages: Messages, answer: str, end: bool = True) -> list[int]:
         """The tokens that follow :meth:`prompt_ids` when the assistant answers ``answer``:
-        the answer and the template's end of turn (or EOS without a template)."""
+        the answer and, with ``end``, the template's end of turn (or EOS without a template).
+        A cut answer must not end its turn: training on it would teach the model to stop
+        where the text set was cut, not where the answer ends."""
         if not self.generative:
             raise ValueError(f"member '{self.spec}' is an encoder; it cannot answer")
         if getattr(self.tokenizer, "chat_template", None):
@@ -152,8 +161,12 @@ class Member:
                 [*messages, {"role": "assistant", "content": answer}], tokenize=False
             )
             tail = full[len(prompt) :] if full.startswith(prompt) else answer
+            if not end and answer in tail:
+                tail = tail[: tail.rfind(answer) + len(answer)]
+            elif not end:
+                tail = answer
         else:
-            tail = answer + (self.tokenizer.eos_token or "")
+            tail = answer + (self.tokenizer.eos_token or "" if end else "")
         ids: list[int] = self.tokenizer(tail.rstrip("\n"), add_special_tokens=False)["input_ids"]
         return ids
 

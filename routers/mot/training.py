@@ -4,8 +4,9 @@
 per prompt with a reference answer (LLMRouter's ground truth, MMLU-Pro's letter) or, failing
 that, a recorded response (RouterBench). The question keeps its last ``max_prompt_chars``
 characters, the answer its first ``max_answer_chars``, so every leader scores the *same answer
-string*. :func:`split_texts` holds out ``valid_fraction`` of the pairs by a hash of the
-question (identical questions never straddle the split).
+string*; only an answer that was not cut ends with the end-of-turn token. :func:`split_texts`
+holds out ``valid_fraction`` of the pairs by a hash of the question (identical questions never
+straddle the split).
 
 **Caching** (frozen experts need no gradients): every member reads every prompt once. Kept per
 pair: each member's prompt states at the interaction depths (what peers contribute), each
@@ -59,6 +60,8 @@ class TextPair:
     prompt: str
     answer: str
     category: str
+    complete: bool = True
+    """False when the answer was cut: its turn then has no end-of-turn token."""
 
     @property
     def messages(self) -> list[dict[str, str]]:
@@ -85,7 +88,9 @@ def build_texts(
         if not answer or not answer.strip() or not prompt.strip():
             continue
         question = routing_text(prompt.strip(), max_prompt_chars)
-        out.append(TextPair(question, _head(answer.strip(), max_answer_chars), data.categories[i]))
+        full = answer.strip()
+        head = _head(full, max_answer_chars)
+        out.append(TextPair(question, head, data.categories[i], complete=head == full))
     return out
 
 
@@ -158,7 +163,7 @@ def build_cache(
                 for p in chunk
             ]
             if member.generative:
-                answers = [member.answer_ids(p.messages, p.answer) for p in chunk]
+                answers = [member.answer_ids(p.messages, p.answer, p.complete) for p in chunk]
                 seqs = [a + b for a, b in zip(prompts, answers, strict=True)]
                 wanted = sorted({*depths, member.num_layers - 1})
             else:
@@ -191,7 +196,9 @@ def build_cache(
         members=list(members),
         fractions=list(fractions),
         embeddings=torch.from_numpy(np.asarray(embeddings, np.float32)),
-        answer_chars=torch.tensor([len(p.answer) + 1 for p in pairs], dtype=torch.float32),
+        answer_chars=torch.tensor(
+            [len(p.answer) + int(p.complete) for p in pairs], dtype=torch.float32
+        ),
         peer=peer,
         first=first,
         answer_span=spans,
@@ -416,7 +423,7 @@ def evaluate(
     """Held-out answer NLL of the MoT vs the same primary alone (and baselines), with the
     router's selection distribution.
 
-    NLL is reported in nats per answer character (sum over answers / their characters, the
+    NLL is reported in nats per answer character (sum over answers / their characters, an
     end of turn counted as one), comparable across members with different tokenizers; per
     primary, also in nats per token of that primary.
     """

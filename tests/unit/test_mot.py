@@ -135,6 +135,8 @@ def test_text_set_and_split() -> None:
     assert len(pairs) == 40  # the row without an answer is dropped
     assert all(len(p.prompt) <= 20 and len(p.answer) <= 30 for p in pairs)
     assert pairs[3].answer.startswith("The answer is 6")
+    assert not pairs[3].complete  # cut: its turn gets no end-of-turn token in training
+    assert build_texts(_dataset(), 20, 500)[3].complete
     train, held = split_texts(pairs, 0.25, seed=0)
     assert held and train and not {p.prompt for p in train} & {p.prompt for p in held}
     # membership depends on the question, not the order
