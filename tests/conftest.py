@@ -9,6 +9,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -93,6 +94,22 @@ def redis_url() -> Iterator[str]:
     yield f"redis://127.0.0.1:{port}/0"
     proc.terminate()
     proc.wait(10)
+
+
+@contextmanager
+def serve_app(ray_serve: str, name: str, config_path: Path) -> Iterator[str]:
+    """Deploy the orchestrator's Serve application on the session's cluster as ``serve deploy``
+    does (its app builder, ``{"config_path": ...}``) under ``/<name>``; yield its base URL;
+    delete it after."""
+    from ray import serve
+
+    from orchestrator.ray_app import app_builder
+
+    serve.run(app_builder({"config_path": str(config_path)}), name=name, route_prefix=f"/{name}")
+    try:
+        yield f"{ray_serve}/{name}"
+    finally:
+        serve.delete(name)
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, serve_app
 
 APP = "vllm"
 EXAMPLE = ROOT / "examples" / "vllm-ray.yaml"
@@ -28,15 +28,8 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def base_url(ray_serve: str) -> Iterator[str]:
-    from ray import serve
-
-    from orchestrator.ray_app import app_builder
-
-    serve.run(app_builder({"config_path": str(EXAMPLE)}), name=APP, route_prefix=f"/{APP}")
-    try:
-        yield f"{ray_serve}/{APP}"
-    finally:
-        serve.delete(APP)
+    with serve_app(ray_serve, APP, EXAMPLE) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

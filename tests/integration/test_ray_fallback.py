@@ -18,6 +18,8 @@ import openai
 import pytest
 import yaml
 
+from tests.conftest import serve_app
+
 APP = "fallback"
 QUESTION = "What is the capital of France?"
 CONFIG = {
@@ -44,17 +46,10 @@ CONFIG = {
 
 @pytest.fixture(scope="module")
 def base_url(ray_serve: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    from ray import serve
-
-    from orchestrator.ray_app import app_builder
-
     path = tmp_path_factory.mktemp("ray") / "config.yaml"
     path.write_text(yaml.safe_dump(CONFIG))
-    serve.run(app_builder({"config_path": str(path)}), name=APP, route_prefix=f"/{APP}")
-    try:
-        yield f"{ray_serve}/{APP}"
-    finally:
-        serve.delete(APP)
+    with serve_app(ray_serve, APP, path) as url:
+        yield url
 
 
 def _kill_replica(deployment: str) -> str:

@@ -17,6 +17,7 @@ import openai
 import pytest
 import yaml
 
+from tests.conftest import serve_app
 from tests.integration import test_http_openai_sdk as http_suite
 from tests.integration.test_http_openai_sdk import CONFIG, KEY, client
 
@@ -29,20 +30,13 @@ __all__ = ["client"]  # the suite's client fixture, re-exported for its tests
 
 @pytest.fixture(scope="module")
 def base_url(ray_serve: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    from ray import serve
-
-    from orchestrator.ray_app import app_builder
-
     config = copy.deepcopy(CONFIG)
     # Replicas do not share this process's environment: give the key itself, not key_env.
     config["server"]["api_keys"] = [{"name": "tests", "key": KEY, "scopes": ["user"]}]
     path = tmp_path_factory.mktemp("ray") / "config.yaml"
     path.write_text(yaml.safe_dump(config))
-    serve.run(app_builder({"config_path": str(path)}), name=APP, route_prefix=f"/{APP}")
-    try:
-        yield f"{ray_serve}/{APP}"
-    finally:
-        serve.delete(APP)
+    with serve_app(ray_serve, APP, path) as url:
+        yield url
 
 
 def test_deployment_graph_matches_the_serve_config() -> None:
