@@ -24,8 +24,13 @@ demo: install serve
 serve:
 	$(VENV)/bin/orchestrator serve
 
+# The job-queue runner tests run in a process of their own: late in a full session one of them
+# (a finished run's upload cleanup) was seen to stall; alone it passes in seconds. Under study.
+ISOLATED := tests/integration/test_jobs_queue.py
+
 test: lint
-	$(VENV)/bin/pytest tests -m "not slow and not gpu"
+	$(VENV)/bin/pytest $(ISOLATED) -m "not slow and not gpu"
+	$(VENV)/bin/pytest tests -m "not slow and not gpu" $(addprefix --ignore=,$(ISOLATED))
 
 test-unit:
 	$(VENV)/bin/pytest tests/unit
