@@ -1,6 +1,6 @@
 """Mixture of Thoughts on CPU: held-out loss with and without interaction, speed, selections.
 
-    python -m bench.mot [--data-dir ../shared/data] [--pairs 360] [--steps 80] [--threads 1]
+    python -m bench.mot [--data-dir ../shared/data] [--pairs 120] [--steps 80] [--threads 1]
                         [--artifacts-dir DIR] [--json out.json]
 
 Steps (all on the machine, nothing downloaded):
@@ -41,7 +41,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--data-dir", type=Path, default=None)
     ap.add_argument("--pairs", type=int, default=120)
-    ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--steps", type=int, default=80)
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--k", type=int, default=3)
     ap.add_argument("--tiny-steps", type=int, default=150)
@@ -119,9 +119,7 @@ def main() -> None:
                 batch_size=8,
                 steps=args.tiny_steps,
                 seed=args.seed,
-                progress=lambda d, t, _loss: progress(
-                    "tiny specialist LM (train pairs only)", d, t
-                ),
+                progress=lambda d, t, _loss: progress("tiny specialist LM (other pairs)", d, t),
             )
         tiny_s = time.perf_counter() - tiny_started
         specs = ["smollm2", "smollm2@10", "minilm", str(tiny_dir)]
@@ -132,7 +130,10 @@ def main() -> None:
         fit_s = time.perf_counter() - fit_started
 
     report = metrics["held_out"]
-    names = {s: ("tiny-qwen2 (trained here)" if s == str(tiny_dir) else s) for s in specs}
+    names = {
+        m.spec: ("tiny-qwen2 (trained here)" if m.spec == str(tiny_dir.resolve()) else m.spec)
+        for m in members
+    }
     table = Table(title=f"held-out answer NLL, {report['pairs']} pairs (nats per character)")
     table.add_column("system")
     table.add_column("nats/char", justify="right")
