@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -56,3 +57,35 @@ def running_server(
 def log_path(url: str) -> Path:
     """The log file of the server started by :func:`running_server` at ``url``."""
     return ROOT / ".pytest_cache" / f"server-{url.rsplit(':', 1)[1]}.log"
+
+
+@contextmanager
+def serving_in_thread(config: Any, start_timeout_s: float = 120) -> Iterator[str]:
+    """Serve ``config`` in this process (uvicorn in a thread) on a free port; yield its URL.
+
+    For tests that build artifacts in-process and need the server to see them without a
+    subprocess; :func:`running_server` is the out-of-process twin."""
+    import threading
+
+    import uvicorn
+
+    from orchestrator.api import build_app
+    from orchestrator.pipeline import Orchestrator
+
+    port = free_port()
+    uv = uvicorn.Server(
+        uvicorn.Config(
+            build_app(Orchestrator(config)), host="127.0.0.1", port=port, log_level="warning"
+        )
+    )
+    thread = threading.Thread(target=uv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + start_timeout_s
+    while not uv.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
+        time.sleep(0.1)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        uv.should_exit = True
+        thread.join(30)

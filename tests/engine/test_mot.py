@@ -10,7 +10,6 @@ The evidence on SmolLM2 (loss, speed ratio, selections) is ``python -m bench.mot
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,18 +18,15 @@ from typing import Any
 import httpx
 import pytest
 import torch
-import uvicorn
 
-from orchestrator.api import build_app
 from orchestrator.config import ExpertConfig, load_config
 from orchestrator.evaluation.datasets import load_dataset
-from orchestrator.pipeline import Orchestrator
 from orchestrator.types import GenerationRequest, Message, SamplingParams
 from routers.artifacts import Artifact, ArtifactStore
 from routers.mot.experts import build_tiny_lm
 from routers.mot.members import Member, load_member
 from routers.mot.strategy import MoTStrategy
-from tests.conftest import free_port
+from tests.server import serving_in_thread
 from workers.mot_backend import MoTBackend
 
 QUESTIONS = [
@@ -210,23 +206,8 @@ def server(trained: dict[str, Any]) -> Iterator[str]:
         artifacts_dir=root,
         server={"default_temperature": 0.0, "default_max_tokens": 12},
     )
-    port = free_port()
-    uv = uvicorn.Server(
-        uvicorn.Config(
-            build_app(Orchestrator(cfg)), host="127.0.0.1", port=port, log_level="warning"
-        )
-    )
-    thread = threading.Thread(target=uv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 120
-    while not uv.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
-        time.sleep(0.1)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        uv.should_exit = True
-        thread.join(30)
+    with serving_in_thread(cfg) as url:
+        yield url
 
 
 def test_router_mot_answers_through_the_server(server: str, trained: dict[str, Any]) -> None:

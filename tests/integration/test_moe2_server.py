@@ -8,24 +8,19 @@ costs come from the gate's cost head, trained on RouterBench's recorded USD."""
 from __future__ import annotations
 
 import json
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
-from orchestrator.api import build_app
 from orchestrator.config import load_config
 from orchestrator.evaluation.datasets import RoutingDataset, load_dataset, sample, split
 from orchestrator.evaluation.harness import expert_name, replay_experts
-from orchestrator.pipeline import Orchestrator
 from routers.artifacts import Artifact, ArtifactStore
 from routers.moe2 import Moe2Strategy
-from tests.conftest import free_port
+from tests.server import serving_in_thread
 
 # (ttft_ms, ms_per_output_token): big hosted models slow, small open ones fast.
 PROFILES = {
@@ -80,23 +75,8 @@ def server(routerbench, artifact, shared_data) -> Iterator[str]:
             ],
         },
     )
-    port = free_port()
-    uv = uvicorn.Server(
-        uvicorn.Config(
-            build_app(Orchestrator(cfg)), host="127.0.0.1", port=port, log_level="warning"
-        )
-    )
-    thread = threading.Thread(target=uv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 120
-    while not uv.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
-        time.sleep(0.1)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        uv.should_exit = True
-        thread.join(30)
+    with serving_in_thread(cfg) as url:
+        yield url
 
 
 def chat(url: str, prompt: str, key: str = "open-key", **extra: Any) -> httpx.Response:
